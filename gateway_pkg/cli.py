@@ -1,0 +1,163 @@
+"""`firezone-gateway`: flags and env vars → Config → permission check → run.
+
+Every user mistake ends with one line on stderr: exit 2 for configuration, 1 for runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from gateway_pkg import __version__
+from gateway_pkg.errors import ConfigError, GatewayError, RuntimeFailure
+
+PROG = "firezone-gateway"
+CAP_NET_ADMIN = 12
+
+# flag → (env var, value when the flag is a switch)
+_SWITCHES = {
+    "no_telemetry": "FIREZONE_NO_TELEMETRY",
+    "no_check": "FIREZONE_NO_CHECK",
+    "token_in_header": "FIREZONE_TOKEN_IN_HEADER",
+}
+_VALUES = {
+    "api_url": "FIREZONE_API_URL",
+    "firezone_id": "FIREZONE_ID",
+    "firezone_name": "FIREZONE_NAME",
+    "health_check_addr": "HEALTH_CHECK_ADDR",
+    "log_level": "RUST_LOG",
+    "log_format": "FIREZONE_LOG_FORMAT",
+    "portal_version": "FIREZONE_PORTAL_VERSION",
+    "feature_flags_url": "FIREZONE_FEATURE_FLAGS_URL",
+    "feature_flags_interval": "FIREZONE_FEATURE_FLAGS_INTERVAL",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse would print usage plus the error; one line is what a log shows well.
+        raise ConfigError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Firezone Gateway (Python). Every option is also an environment variable; "
+        "the token is read only from FIREZONE_TOKEN or the systemd credential FIREZONE_TOKEN.",
+    )
+    add = parser.add_argument
+    add("-u", "--api-url", help="portal URL (FIREZONE_API_URL, default wss://api.firezone.dev)")
+    add("-i", "--firezone-id", help="stable gateway ID (FIREZONE_ID, else /var/lib/firezone/gateway_id)")
+    add("-n", "--firezone-name", help="gateway name (FIREZONE_NAME, default: hostname)")
+    add("--health-check-addr", help="IP:PORT of /healthz /readyz /metrics (HEALTH_CHECK_ADDR, default 0.0.0.0:8080)")
+    add("--log-level", help="log level (RUST_LOG: trace, debug, info, warn, error; default info)")
+    add("--log-format", choices=["human", "json"], help="FIREZONE_LOG_FORMAT (default human)")
+    add("--no-telemetry", action="store_true", help="FIREZONE_NO_TELEMETRY: no feature-flag fetching")
+    add("--no-check", action="store_true", help="skip the root/CAP_NET_ADMIN check")
+    add("--token-in-header", action="store_true",
+        help="FIREZONE_TOKEN_IN_HEADER: send the token as x-authorization instead of in the URL")
+    add("--portal-version", help="version announced in the User-Agent (FIREZONE_PORTAL_VERSION, default 1.4.17)")
+    add("--feature-flags-url", help="PostHog-compatible /decide URL (FIREZONE_FEATURE_FLAGS_URL)")
+    add("--feature-flags-interval", help="seconds between flag fetches (FIREZONE_FEATURE_FLAGS_INTERVAL, default 300)")
+    add("-V", "--version", action="version", version=f"{PROG} {__version__}")
+    return parser
+
+
+def parse_environment(argv: Sequence[str], environ: dict[str, str]) -> dict[str, str]:
+    """Fold flags into a copy of the environment: a flag wins over its env var."""
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:
+        # Never echo the unexpected words: upstream takes the token positionally, so they
+        # may well be a token, and this line ends up in logs.
+        raise ConfigError(
+            f"unexpected argument(s) ({len(extra)}); the token is not accepted on the command line "
+            "(it would be visible in ps): set FIREZONE_TOKEN or the systemd credential"
+        )
+    env = dict(environ)
+    for attr, key in _VALUES.items():
+        value = getattr(args, attr)
+        if value is not None:
+            env[key] = value
+    for attr, key in _SWITCHES.items():
+        if getattr(args, attr):
+            env[key] = "true"
+    return env
+
+
+def has_cap_net_admin(status_path: str = "/proc/self/status") -> bool:
+    try:
+        with open(status_path, encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, ValueError, IndexError):
+        return False
+    return False
+
+
+def check_permissions() -> None:
+    if os.geteuid() == 0 or has_cap_net_admin():
+        return
+    raise RuntimeFailure(
+        f"{PROG} needs to run as root or with the CAP_NET_ADMIN capability: under systemd use "
+        "AmbientCapabilities=CAP_NET_ADMIN, otherwise `setcap cap_net_admin+ep` on the "
+        "launcher (or pass --no-check to skip this check)"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from gateway_pkg import config as config_mod
+
+    try:
+        env = parse_environment(sys.argv[1:] if argv is None else argv, dict(os.environ))
+        config = config_mod.load(env)
+        if not config.no_check:
+            check_permissions()
+        return _run(config)
+    except GatewayError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:  # a bug: still one line for the user, the traceback at debug level
+        import logging
+
+        logging.getLogger("gateway_pkg").debug("internal error", exc_info=True)
+        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} (RUST_LOG=debug shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _run(config: object) -> int:
+    from gateway_pkg import app, logs
+    from gateway_pkg.config import Config
+
+    assert isinstance(config, Config)
+    logs.setup(config.log_level, config.log_format, [config.token.reveal()])
+    dataplane = build_dataplane(config)
+    private_key = os.urandom(32)  # a new static key per process start, as upstream
+    try:
+        app.run(config, dataplane, private_key)
+    except GatewayError as exc:
+        import logging
+
+        logging.getLogger("gateway_pkg").error("Failed to start Gateway: %s", exc)
+        raise
+    return 0
+
+
+def build_dataplane(config: object) -> object:
+    from gateway_pkg.config import Config, env_flag
+    from gateway_pkg.controlonly import ControlOnlyDataPlane
+
+    assert isinstance(config, Config)
+    if env_flag(config.environ.get("FIREZONE_NO_DATAPLANE")):
+        return ControlOnlyDataPlane()
+    return ControlOnlyDataPlane()  # replaced by the tunnel data plane
+
+
+if __name__ == "__main__":
+    sys.exit(main())

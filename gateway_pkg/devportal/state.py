@@ -1,0 +1,194 @@
+"""What the development portal knows: gateways, flows, feature flags. No I/O here."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import ipaddress
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+# Gateways get addresses from the top /16 of the device range so that clients can pick
+# theirs anywhere else in 100.64.0.0/11 (documented in the README).
+GATEWAY_V4_BASE = ipaddress.IPv4Address("100.95.0.0")
+GATEWAY_V6_BASE = ipaddress.IPv6Address("fd00:2021:1111::1f:0")
+GATEWAY_SLOTS = 65534
+_VERSION = re.compile(r"(?:connlib|gateway)/(\d+)\.(\d+)\.(\d+)")
+
+
+class RequestError(ValueError):
+    """An admin or socket request the portal refuses; carries the HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class GatewayRecord:
+    id: str
+    external_id: str
+    name: str
+    public_key: str
+    ipv4: ipaddress.IPv4Address
+    ipv6: ipaddress.IPv6Address
+    version: str
+    connected: bool = False
+    joined: bool = False
+    last_seen: float = 0.0
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "external_id": self.external_id,
+            "name": self.name,
+            "public_key": self.public_key,
+            "ipv4": str(self.ipv4),
+            "ipv6": str(self.ipv6),
+            "version": self.version,
+            "connected": self.connected,
+            "joined": self.joined,
+            "last_seen": int(self.last_seen) if self.last_seen else None,
+        }
+
+
+@dataclass
+class Flow:
+    id: str
+    gateway_id: str
+    protocol: str
+    client: dict[str, Any]
+    resource: dict[str, Any]
+    domain: dict[str, Any] | None
+    expires_at: int | None
+    ref: str
+    status: str = "pending"
+    reply: dict[str, Any] | None = None
+    created: float = field(default_factory=time.time)
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "flow_id": self.id,
+            "gateway_id": self.gateway_id,
+            "protocol": self.protocol,
+            "client_id": self.client["id"],
+            "resource_id": self.resource["id"],
+            "resource": self.resource,
+            "expires_at": self.expires_at,
+            "status": self.status,
+            "reply": self.reply,
+        }
+
+
+def parse_version(user_agent: str) -> str:
+    match = _VERSION.search(user_agent)
+    if match is None:
+        raise RequestError(422, "invalid version: User-Agent carries no connlib/<x.y.z>")
+    return ".".join(match.groups())
+
+
+def valid_key(text: Any) -> bool:
+    if not isinstance(text, str) or len(text) != 44:
+        return False
+    try:
+        return len(base64.b64decode(text, validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
+
+
+class PortalState:
+    def __init__(self) -> None:
+        self.gateways: dict[str, GatewayRecord] = {}  # by external_id
+        self.flows: dict[str, Flow] = {}
+        self.flags: dict[str, Any] = {}
+        self._taken: dict[int, str] = {}
+
+    # --- gateways ------------------------------------------------------------------------
+
+    def _slot_for(self, external_id: str) -> int:
+        # Deterministic so a gateway keeps its tunnel addresses across portal restarts.
+        start = int.from_bytes(hashlib.sha256(external_id.encode()).digest()[:4], "big") % GATEWAY_SLOTS
+        for step in range(GATEWAY_SLOTS):
+            slot = (start + step) % GATEWAY_SLOTS + 1
+            owner = self._taken.get(slot)
+            if owner is None or owner == external_id:
+                self._taken[slot] = external_id
+                return slot
+        raise RequestError(503, "no tunnel addresses left for gateways")
+
+    def upsert_gateway(self, *, external_id: str, name: str, public_key: str, user_agent: str) -> GatewayRecord:
+        """Upsert on external_id, as the real portal does; name and key replaced on reconnect."""
+        if not external_id or len(external_id) > 255:
+            raise RequestError(422, "invalid external_id")
+        if not valid_key(public_key):
+            raise RequestError(422, "invalid public_key: base64 of 32 bytes expected")
+        version = parse_version(user_agent)
+        name = (name or "")[:255] or f"gw-{uuid.uuid4().hex[:5]}"
+        record = self.gateways.get(external_id)
+        if record is None:
+            slot = self._slot_for(external_id)
+            record = GatewayRecord(
+                id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"gateway:{external_id}")),
+                external_id=external_id,
+                name=name,
+                public_key=public_key,
+                ipv4=GATEWAY_V4_BASE + slot,
+                ipv6=GATEWAY_V6_BASE + slot,
+                version=version,
+            )
+            self.gateways[external_id] = record
+        record.name, record.public_key, record.version = name, public_key, version
+        record.last_seen = time.time()
+        return record
+
+    def find_gateway(self, ident: str) -> GatewayRecord:
+        for record in self.gateways.values():
+            if ident in (record.id, record.external_id):
+                return record
+        raise RequestError(404, f"unknown gateway {ident!r}")
+
+    def authorizations_for(self, gateway: GatewayRecord, now: float) -> list[dict[str, Any]]:
+        """Longest expiry per (client, resource), as the portal computes for `init`."""
+        best: dict[tuple[str, str], int | None] = {}
+        for flow in self.flows.values():
+            if flow.gateway_id != gateway.id or (flow.expires_at is not None and flow.expires_at <= now):
+                continue
+            key = (flow.client["id"], flow.resource["id"])
+            if key in best:
+                old = best[key]
+                best[key] = None if old is None or flow.expires_at is None else max(old, flow.expires_at)
+            else:
+                best[key] = flow.expires_at
+        return [{"client_id": c, "resource_id": r, "expires_at": e} for (c, r), e in best.items()]
+
+    def init_payload(self, gateway: GatewayRecord) -> dict[str, Any]:
+        return {
+            "interface": {"ipv4": str(gateway.ipv4), "ipv6": str(gateway.ipv6)},
+            # Sent as true "for API compatibility", like the real portal; unused by gateways.
+            "config": {"ipv4_masquerade_enabled": True, "ipv6_masquerade_enabled": True},
+            "account_slug": "dev",
+            "relays": [],
+            "authorizations": self.authorizations_for(gateway, time.time()),
+        }
+
+    # --- flows ---------------------------------------------------------------------------
+
+    def client_flows(self, gateway_id: str, client_id: str) -> list[Flow]:
+        return [f for f in self.flows.values() if f.gateway_id == gateway_id and f.client["id"] == client_id]
+
+    def others_covering(self, flow: Flow) -> list[Flow]:
+        return [
+            f for f in self.flows.values()
+            if f.id != flow.id and f.gateway_id == flow.gateway_id
+            and f.client["id"] == flow.client["id"] and f.resource["id"] == flow.resource["id"]
+        ]
+
+    def flow_by_ref(self, ref: str) -> Flow | None:
+        for flow in self.flows.values():
+            if flow.ref == ref:
+                return flow
+        return None

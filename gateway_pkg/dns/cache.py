@@ -1,0 +1,85 @@
+"""The record cache of the user-space path: TTL-bounded, LRU-bounded, with stale data.
+
+Sans-I/O: every method takes `now` from the caller's clock, so tests drive time.
+Entries are keyed by (name, record type): A and AAAA of one name live and expire
+independently, as the RFCs have them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway_pkg.dns.base import IPAddress
+
+CacheKey = tuple[str, int]  # (lower-cased name, rdtype)
+NegativeKind = Literal["nxdomain", "nodata"]
+
+
+@dataclass(slots=True)
+class CacheEntry:
+    addresses: tuple[IPAddress, ...]
+    negative: NegativeKind | None
+    ttl: float  # as applied: after clamping
+    expires: float
+    # Positive answers may be served stale until then if refreshing fails (RFC 8767).
+    stale_until: float
+    # After a failed refresh, upstream is not asked again before this (RFC 8767's
+    # failure recheck timer); meanwhile the stale answer is served at once.
+    retry_after: float = float("-inf")
+
+
+class RecordCache:
+    def __init__(self, capacity: int, min_ttl: float, max_ttl: float, max_stale_age: float) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self.min_ttl = min_ttl
+        self.max_ttl = max_ttl
+        self.max_stale_age = max_stale_age
+        self.evictions = 0
+        self._entries: OrderedDict[CacheKey, CacheEntry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clamp(self, ttl: float) -> float:
+        return min(max(ttl, self.min_ttl), self.max_ttl)
+
+    def get(self, key: CacheKey) -> CacheEntry | None:
+        """The entry, fresh or not (the caller decides), marked most recently used."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def peek(self, key: CacheKey) -> CacheEntry | None:
+        return self._entries.get(key)
+
+    def remove(self, key: CacheKey) -> None:
+        self._entries.pop(key, None)
+
+    def store_positive(self, key: CacheKey, addresses: tuple[IPAddress, ...], ttl: float, now: float) -> CacheEntry:
+        applied = self.clamp(ttl)
+        expires = now + applied
+        entry = CacheEntry(addresses, None, applied, expires, expires + self.max_stale_age)
+        self._put(key, entry)
+        return entry
+
+    def store_negative(self, key: CacheKey, kind: NegativeKind, ttl: float | None, now: float) -> CacheEntry:
+        """Cache a negative answer for its SOA-derived TTL; without an SOA (ttl None)
+        the entry is returned for this answer only and not kept (RFC 2308 §5)."""
+        if ttl is None:
+            return CacheEntry((), kind, 0.0, now, now)
+        applied = self.clamp(ttl)
+        entry = CacheEntry((), kind, applied, now + applied, now + applied)
+        self._put(key, entry)
+        return entry
+
+    def _put(self, key: CacheKey, entry: CacheEntry) -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+            self.evictions += 1

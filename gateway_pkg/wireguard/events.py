@@ -1,0 +1,91 @@
+"""What the device reports to its caller: datagrams, decrypted packets and events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Endpoint = tuple[str, int]
+
+# Stable drop reasons, counted by the data plane in /metrics.
+DROP_MALFORMED = "malformed"  # not a WireGuard message (type, length)
+DROP_MAC1 = "mac1"  # handshake message without a valid mac1 for our key
+DROP_COOKIE_REQUIRED = "cookie_required"  # under load and no valid mac2: a cookie reply was sent
+DROP_COOKIE = "cookie"  # a cookie reply that does not answer our last message
+DROP_UNKNOWN_PEER = "unknown_peer"  # a static key the portal did not authorise
+DROP_UNKNOWN_INDEX = "unknown_index"  # receiver index matches no handshake or session
+DROP_DECRYPT = "decrypt"  # AEAD failure (wrong key, PSK mismatch, tampering)
+DROP_REPLAY = "replay"  # counter or handshake timestamp already seen or too old
+DROP_RATE_LIMITED = "rate_limited"  # initiations from one peer faster than allowed
+DROP_EXPIRED = "expired"  # session past REJECT_AFTER_TIME or REJECT_AFTER_MESSAGES
+DROP_INNER_MALFORMED = "inner_malformed"  # decrypted payload is not an IPv4/IPv6 packet
+DROP_NO_ENDPOINT = "no_endpoint"  # nothing to send to: the peer never contacted us
+DROP_QUEUE_FULL = "queue_full"  # too many packets waiting for a handshake
+DROP_HANDSHAKE_TIMEOUT = "handshake_timeout"  # queued packets discarded: handshake gave up
+
+DROP_REASONS = frozenset(
+    {
+        DROP_MALFORMED,
+        DROP_MAC1,
+        DROP_COOKIE_REQUIRED,
+        DROP_COOKIE,
+        DROP_UNKNOWN_PEER,
+        DROP_UNKNOWN_INDEX,
+        DROP_DECRYPT,
+        DROP_REPLAY,
+        DROP_RATE_LIMITED,
+        DROP_EXPIRED,
+        DROP_INNER_MALFORMED,
+        DROP_NO_ENDPOINT,
+        DROP_QUEUE_FULL,
+        DROP_HANDSHAKE_TIMEOUT,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeCompleted:
+    """A session is usable. As responder this is reported when the initiator confirms it
+    with its first transport message, which is when WireGuard lets the responder send."""
+
+    peer: bytes
+    initiator: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeFailed:
+    """We initiated and gave up after REKEY_ATTEMPT_TIME; queued packets were dropped."""
+
+    peer: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSessionExpired:
+    """The current session passed REJECT_AFTER_TIME without a new handshake."""
+
+    peer: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    reason: str
+    peer: bytes | None = None
+    count: int = 1
+
+
+WireGuardEvent = HandshakeCompleted | HandshakeFailed | PeerSessionExpired | Dropped
+
+
+@dataclass(slots=True)
+class DeviceOutput:
+    datagrams: list[tuple[bytes, Endpoint]] = field(default_factory=list)
+    packets: list[tuple[bytes, bytes]] = field(default_factory=list)
+    events: list[WireGuardEvent] = field(default_factory=list)
+
+    def extend(self, other: DeviceOutput) -> None:
+        self.datagrams.extend(other.datagrams)
+        self.packets.extend(other.packets)
+        self.events.extend(other.events)
+
+    def dropped(self) -> list[str]:
+        """Drop reasons in order; handy in tests and for metrics."""
+        return [e.reason for e in self.events if isinstance(e, Dropped)]
