@@ -77,6 +77,7 @@ class Config:
     portal_version: str
     token_in_header: bool
     max_reconnect_elapsed: float
+    heartbeat_interval: float
     environ: Mapping[str, str] = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -251,5 +252,6 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
         portal_version=version,
         token_in_header=env_flag(env.get("FIREZONE_TOKEN_IN_HEADER")),
         max_reconnect_elapsed=_float_env(env, "FIREZONE_MAX_RECONNECT_SECONDS", 900.0),
+        heartbeat_interval=_float_env(env, "FIREZONE_HEARTBEAT_INTERVAL", 30.0),
         environ=env,
     )

@@ -168,6 +168,7 @@ class DevPortal:
         session = _Session(gateway, ws)
         self.sessions[gateway.id] = session
         gateway.connected = True
+        gateway.connects += 1
         log.info("Gateway %s (%s) connected", gateway.name, gateway.id)
         try:
             async for message in ws:
@@ -201,6 +202,7 @@ class DevPortal:
             log.warning("Malformed frame from gateway %s", session.gateway.name)
             return
         if topic == "phoenix" and event == "heartbeat":
+            session.gateway.heartbeats += 1
             await self._reply(session, topic, ref, "ok", {})
             return
         if topic != "gateway":

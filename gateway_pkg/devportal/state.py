@@ -40,6 +40,8 @@ class GatewayRecord:
     connected: bool = False
     joined: bool = False
     last_seen: float = 0.0
+    heartbeats: int = 0
+    connects: int = 0
 
     def view(self) -> dict[str, Any]:
         return {
@@ -53,6 +55,8 @@ class GatewayRecord:
             "connected": self.connected,
             "joined": self.joined,
             "last_seen": int(self.last_seen) if self.last_seen else None,
+            "heartbeats": self.heartbeats,
+            "connects": self.connects,
         }
 
 

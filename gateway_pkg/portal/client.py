@@ -86,7 +86,7 @@ class PortalClient:
         self._public_key = public_key
         self._on_message = on_message
         self._clock = clock
-        self.channel = PhoenixChannel(GATEWAY_TOPIC)
+        self.channel = PhoenixChannel(GATEWAY_TOPIC, heartbeat_interval=config.heartbeat_interval)
         self._ws: ClientConnection | None = None
         self._outbox: asyncio.Queue[str] | None = None
         self._stopping = asyncio.Event()

@@ -1,0 +1,61 @@
+import pytest
+
+from gateway_pkg import cli
+
+
+def run_main(monkeypatch, capsys, env, argv=()):
+    for key in list(__import__("os").environ):
+        if key.startswith(("FIREZONE_", "CREDENTIALS_DIRECTORY", "RUST_LOG", "HEALTH_CHECK_ADDR")):
+            monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    status = cli.main(list(argv))
+    return status, capsys.readouterr()
+
+
+def test_missing_token_exits_2_with_one_line(monkeypatch, capsys, tmp_path):
+    status, out = run_main(monkeypatch, capsys, {"FIREZONE_ID_PATH": str(tmp_path / "x")})
+    assert status == 2
+    assert out.err.count("\n") == 1 and "FIREZONE_TOKEN" in out.err and "Traceback" not in out.err
+
+
+def test_positional_token_is_refused_without_echo(monkeypatch, capsys):
+    status, out = run_main(monkeypatch, capsys, {"FIREZONE_ID": "x"}, ["super-secret-token"])
+    assert status == 2
+    assert "super-secret-token" not in out.err + out.out
+    assert "not accepted on the command line" in out.err
+
+
+def test_unknown_flag_is_config_error(monkeypatch, capsys):
+    status, out = run_main(monkeypatch, capsys, {"FIREZONE_TOKEN": "t", "FIREZONE_ID": "x"}, ["--log-format", "xml"])
+    assert status == 2 and out.err.startswith("firezone-gateway: ")
+
+
+def test_flags_override_env(monkeypatch):
+    env = cli.parse_environment(["-u", "https://flag.example", "--no-telemetry"],
+                                {"FIREZONE_API_URL": "https://env.example"})
+    assert env["FIREZONE_API_URL"] == "https://flag.example"
+    assert env["FIREZONE_NO_TELEMETRY"] == "true"
+
+
+def test_cap_net_admin_detection(tmp_path):
+    status = tmp_path / "status"
+    status.write_text("Name:\tx\nCapEff:\t0000000000001000\n")
+    assert cli.has_cap_net_admin(str(status))
+    status.write_text("Name:\tx\nCapEff:\t0000000000000400\n")
+    assert not cli.has_cap_net_admin(str(status))
+
+
+def test_missing_capability_is_runtime_failure_naming_cap(monkeypatch):
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(cli, "has_cap_net_admin", lambda: False)
+    with pytest.raises(cli.RuntimeFailure) as err:
+        cli.check_permissions()
+    assert err.value.exit_status == 1 and "CAP_NET_ADMIN" in str(err.value)
+
+
+def test_version_flag(capsys):
+    with pytest.raises(SystemExit) as done:
+        cli.build_parser().parse_args(["--version"])
+    assert done.value.code == 0
+    assert "firezone-gateway" in capsys.readouterr().out
