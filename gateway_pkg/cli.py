@@ -9,10 +9,14 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from gateway_pkg import __version__
 from gateway_pkg.errors import ConfigError, GatewayError, RuntimeFailure
+
+if TYPE_CHECKING:
+    from gateway_pkg.app import DataPlane
+    from gateway_pkg.config import Config
 
 PROG = "firezone-gateway"
 CAP_NET_ADMIN = 12
@@ -131,11 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _run(config: object) -> int:
+def _run(config: Config) -> int:
     from gateway_pkg import app, logs
-    from gateway_pkg.config import Config
 
-    assert isinstance(config, Config)
     logs.setup(config.log_level, config.log_format, [config.token.reveal()])
     dataplane = build_dataplane(config)
     private_key = os.urandom(32)  # a new static key per process start, as upstream
@@ -149,11 +151,10 @@ def _run(config: object) -> int:
     return 0
 
 
-def build_dataplane(config: object) -> object:
-    from gateway_pkg.config import Config, env_flag
+def build_dataplane(config: Config) -> DataPlane:
+    from gateway_pkg.config import env_flag
     from gateway_pkg.controlonly import ControlOnlyDataPlane
 
-    assert isinstance(config, Config)
     if env_flag(config.environ.get("FIREZONE_NO_DATAPLANE")):
         return ControlOnlyDataPlane()
     return ControlOnlyDataPlane()  # replaced by the tunnel data plane

@@ -32,7 +32,8 @@ def test_rules_are_inserted_first_and_masquerade_is_source_restricted():
     assert len(changed) == 6
     forward = fake.chains[("iptables", "filter", "FORWARD")]
     assert forward[-1] == ("-j", "DROP")  # our accepts come before the distribution's drop
-    assert fake.chains[("iptables", "nat", "POSTROUTING")] == [("-s", "100.64.0.0/11", "-o", "eth0", "-j", "MASQUERADE")]
+    masquerade = ("-s", "100.64.0.0/11", "-o", "eth0", "-j", "MASQUERADE")
+    assert fake.chains[("iptables", "nat", "POSTROUTING")] == [masquerade]
     assert fake.chains[("ip6tables", "nat", "POSTROUTING")][0][1] == "fd00:2021:1111::/107"
 
 

@@ -1,0 +1,147 @@
+"""The TUN device `tun-firezone`: open it, address it, route to it (facts §3.1).
+
+Routes for the tunnel ranges live in their own table, entered through an inverted fwmark
+rule: everything except the gateway's own marked sockets is routed into the tunnel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import ipaddress
+import logging
+import os
+import struct
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from gateway_pkg.errors import RuntimeFailure
+
+log = logging.getLogger("gateway_pkg.tunnel.tun")
+
+TUN_NAME = "tun-firezone"
+TUN_PATH = "/dev/net/tun"
+MTU = 1280
+TXQUEUELEN = 10000
+ROUTE_TABLE = 0x2021FD00
+FIREZONE_MARK = 0xFD002021
+RULE_PRIORITY = 1000
+TUNNEL_ROUTES = (ipaddress.ip_network("100.64.0.0/11"), ipaddress.ip_network("fd00:2021:1111::/107"))
+_TUNSETIFF = 0x400454CA
+_IFF_TUN = 0x0001
+_IFF_NO_PI = 0x1000
+_FIB_RULE_INVERT = 0x2
+
+
+def _capability_hint(what: str, exc: OSError) -> RuntimeFailure:
+    if exc.errno in (errno.EPERM, errno.EACCES):
+        return RuntimeFailure(f"{what}: permission denied; the gateway needs CAP_NET_ADMIN")
+    return RuntimeFailure(f"{what}: {exc.strerror or exc}")
+
+
+class TunDevice:
+    """An open TUN fd plus the netlink configuration around it."""
+
+    def __init__(self, name: str = TUN_NAME) -> None:
+        self.name = name
+        self.fd = -1
+        self.index = 0
+        self._addresses: list[tuple[str, int]] = []
+        self._rules_added = False
+
+    def open(self) -> None:
+        if not os.path.exists(TUN_PATH):
+            raise RuntimeFailure(
+                f"TUN unavailable: {TUN_PATH} does not exist (load the `tun` kernel module; "
+                "containers need --device /dev/net/tun)"
+            )
+        try:
+            fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _capability_hint(f"cannot open {TUN_PATH}", exc) from None
+        try:
+            fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", self.name.encode(), _IFF_TUN | _IFF_NO_PI))
+        except OSError as exc:
+            os.close(fd)
+            raise _capability_hint(f"cannot create TUN device {self.name}", exc) from None
+        self.fd = fd
+        try:
+            with IPRoute() as ipr:
+                self.index = ipr.link_lookup(ifname=self.name)[0]
+                ipr.link("set", index=self.index, mtu=MTU)
+                try:
+                    ipr.link("set", index=self.index, txqlen=TXQUEUELEN)
+                except NetlinkError as exc:  # upstream only warns here too
+                    log.warning("Cannot set txqueuelen on %s: %s", self.name, exc)
+        except (NetlinkError, OSError, IndexError) as exc:
+            self.close()
+            raise RuntimeFailure(f"cannot configure {self.name}: {exc}") from None
+        log.info("Created TUN device %s", self.name)
+
+    def set_addresses(self, ipv4: ipaddress.IPv4Address, ipv6: ipaddress.IPv6Address) -> None:
+        """Replace the device's addresses with the portal's /32 and /128, bring it up, route."""
+        ok = 0
+        with IPRoute() as ipr:
+            for msg in ipr.get_addr(index=self.index):
+                address = msg.get_attr("IFA_ADDRESS")
+                if address and not address.startswith("fe80"):
+                    with contextlib.suppress(NetlinkError):
+                        ipr.addr("del", index=self.index, address=address, prefixlen=msg["prefixlen"])
+            for address, prefix in ((str(ipv4), 32), (str(ipv6), 128)):
+                try:
+                    ipr.addr("add", index=self.index, address=address, prefixlen=prefix)
+                    ok += 1
+                except NetlinkError as exc:
+                    log.warning("Cannot add %s/%d to %s: %s", address, prefix, self.name, exc)
+            if ok == 0:
+                raise RuntimeFailure("Failed to set TUN interface IPs")
+            ipr.link("set", index=self.index, state="up", mtu=MTU)
+            self._add_routes(ipr)
+        log.info("TUN addresses set", extra={"fields": {"ipv4": ipv4, "ipv6": ipv6}})
+
+    def _add_routes(self, ipr: IPRoute) -> None:
+        for network in TUNNEL_ROUTES:
+            try:
+                ipr.route("add", dst=str(network), oif=self.index, table=ROUTE_TABLE)
+            except NetlinkError as exc:
+                if exc.code not in (errno.EEXIST, errno.EOPNOTSUPP):
+                    raise RuntimeFailure(f"cannot add route {network}: {exc}") from None
+        for family in (2, 10):
+            try:
+                ipr.rule("add", table=ROUTE_TABLE, fwmark=FIREZONE_MARK, fwmask=0xFFFFFFFF,
+                         flags=_FIB_RULE_INVERT, family=family, priority=RULE_PRIORITY)
+                self._rules_added = True
+            except NetlinkError as exc:
+                if exc.code == errno.EEXIST:
+                    continue
+                if exc.code == errno.EAFNOSUPPORT and family == 10:
+                    log.warning("IPv6 policy routing unavailable; IPv6 tunnel traffic will not route")
+                    continue
+                raise RuntimeFailure(f"cannot add the fwmark routing rule: {exc}") from None
+
+    def is_up(self) -> bool:
+        if self.fd < 0:
+            return False
+        try:
+            with IPRoute() as ipr:
+                links = ipr.get_links(self.index)
+        except (NetlinkError, OSError):
+            return False
+        return bool(links) and links[0].get_attr("IFLA_OPERSTATE") in ("UP", "UNKNOWN") and bool(
+            links[0]["flags"] & 1
+        )
+
+    def close(self) -> None:
+        if self._rules_added:
+            with contextlib.suppress(NetlinkError, OSError), IPRoute() as ipr:
+                for family in (2, 10):
+                    with contextlib.suppress(NetlinkError):
+                        ipr.rule("del", table=ROUTE_TABLE, fwmark=FIREZONE_MARK, fwmask=0xFFFFFFFF,
+                                 flags=_FIB_RULE_INVERT, family=family, priority=RULE_PRIORITY)
+            self._rules_added = False
+        if self.fd >= 0:
+            # Closing the fd removes the (non-persistent) device and its routes with it.
+            os.close(self.fd)
+            self.fd = -1

@@ -1,0 +1,74 @@
+"""The WireGuard UDP sockets: IPv4 and IPv6 on 52625 (ephemeral if taken), marked, large buffers.
+
+Measured here (performance.md): asyncio's DatagramProtocol handled only 26-38 kpps and
+dropped most packets, while `add_reader` draining many `recvfrom_into` per wakeup handled
+180-200 kpps; so the data plane reads these sockets itself in batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket
+import struct
+
+from gateway_pkg.errors import RuntimeFailure
+
+log = logging.getLogger("gateway_pkg.tunnel.udp")
+
+DEFAULT_PORT = 52625  # 49152 + 3473, "FIRE" on a phone pad
+FIREZONE_MARK = 0xFD002021
+SO_MARK = getattr(socket, "SO_MARK", 36)
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+RECV_BUFFER = 128 * 1024 * 1024
+SEND_BUFFER = 16 * 1024 * 1024
+
+
+def _set_buffers(sock: socket.socket) -> None:
+    for force, plain, size in ((SO_RCVBUFFORCE, socket.SO_RCVBUF, RECV_BUFFER),
+                               (SO_SNDBUFFORCE, socket.SO_SNDBUF, SEND_BUFFER)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)  # beyond rmem_max, needs CAP_NET_ADMIN
+        except OSError:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
+def _bind(family: int, port: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, struct.pack("I", FIREZONE_MARK))
+        _set_buffers(sock)
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_pair(port: int = DEFAULT_PORT) -> dict[int, socket.socket]:
+    """Bind IPv4 and IPv6; if the port is taken fall back to an ephemeral port, as upstream."""
+    sockets: dict[int, socket.socket] = {}
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sockets[family] = _bind(family, port)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE and port != 0:
+                log.warning("UDP port %d is taken; using an ephemeral port", port)
+                sockets[family] = _bind(family, 0)
+            elif family == socket.AF_INET6 and exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                log.warning("IPv6 unavailable: listening on IPv4 only")
+            else:
+                for sock in sockets.values():
+                    sock.close()
+                raise RuntimeFailure(f"cannot bind UDP port {port}: {exc.strerror}") from None
+    for family, sock in sockets.items():
+        log.info("Listening for WireGuard on UDP %s port %d",
+                 "IPv4" if family == socket.AF_INET else "IPv6", sock.getsockname()[1])
+    return sockets
