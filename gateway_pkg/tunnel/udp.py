@@ -68,7 +68,7 @@ def bind_pair(port: int = DEFAULT_PORT) -> dict[int, socket.socket]:
                 for sock in sockets.values():
                     sock.close()
                 raise RuntimeFailure(f"cannot bind UDP port {port}: {exc.strerror}") from None
-    for family, sock in sockets.items():
+    for bound in sockets.values():
         log.info("Listening for WireGuard on UDP %s port %d",
-                 "IPv4" if family == socket.AF_INET else "IPv6", sock.getsockname()[1])
+                 "IPv4" if bound.family == socket.AF_INET else "IPv6", bound.getsockname()[1])
     return sockets
