@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from gateway_pkg import __version__
@@ -118,9 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         env = parse_environment(sys.argv[1:] if argv is None else argv, dict(os.environ))
         config = config_mod.load(env)
+        # Built before the permission check so that every configuration mistake exits 2.
+        dataplane_factory = dataplane_factory_for(config)
         if not config.no_check:
             check_permissions()
-        return _run(config)
+        return _run(config, dataplane_factory)
     except GatewayError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return exc.exit_status
@@ -135,14 +137,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _run(config: Config) -> int:
+def _run(config: Config, dataplane_factory: Callable[[bytes], DataPlane]) -> int:
     from gateway_pkg import app, logs
+    from gateway_pkg.wireguard.keys import generate_private_key
 
     logs.setup(config.log_level, config.log_format, [config.token.reveal()])
-    dataplane = build_dataplane(config)
-    private_key = os.urandom(32)  # a new static key per process start, as upstream
+    private_key = generate_private_key()  # a new static key per process start, as upstream
     try:
-        app.run(config, dataplane, private_key)
+        app.run(config, dataplane_factory(private_key), private_key)
     except GatewayError as exc:
         import logging
 
@@ -151,13 +153,35 @@ def _run(config: Config) -> int:
     return 0
 
 
-def build_dataplane(config: Config) -> DataPlane:
+def _udp_port(raw: str | None) -> int:
+    if not raw:
+        return 52625
+    if not raw.isdigit() or not 0 <= int(raw) <= 65535:
+        raise ConfigError(f"FIREZONE_UDP_PORT must be a port number, got {raw!r}")
+    return int(raw)
+
+
+def dataplane_factory_for(config: Config) -> Callable[[bytes], DataPlane]:
+    """Validate the data-plane and DNS settings now; build the data plane once keys exist."""
     from gateway_pkg.config import env_flag
     from gateway_pkg.controlonly import ControlOnlyDataPlane
+    from gateway_pkg.dns.flags import FeatureFlags
+    from gateway_pkg.dns.resolver import build_resolver
+    from gateway_pkg.dns.settings import DnsSettings
+    from gateway_pkg.tunnel.dataplane import DataPlaneSettings, TunnelDataPlane, parse_timers
 
-    if env_flag(config.environ.get("FIREZONE_NO_DATAPLANE")):
-        return ControlOnlyDataPlane()
-    return ControlOnlyDataPlane()  # replaced by the tunnel data plane
+    env = config.environ
+    if env_flag(env.get("FIREZONE_NO_DATAPLANE")):
+        return lambda _key: ControlOnlyDataPlane()
+    dns_settings = DnsSettings.from_env(env)
+    settings = DataPlaneSettings(udp_port=_udp_port(env.get("FIREZONE_UDP_PORT")), timers=parse_timers(env),
+                                 flags_distinct_id=config.firezone_id)
+
+    def build(private_key: bytes) -> DataPlane:
+        flags = FeatureFlags(dns_settings)
+        return TunnelDataPlane(private_key, build_resolver(dns_settings, flags), flags, settings)
+
+    return build
 
 
 if __name__ == "__main__":

@@ -55,9 +55,7 @@ def _may_answer(p: IpPacket) -> bool:
     return p.src[0] != 0xFF and p.src != bytes(16)
 
 
-def destination_unreachable(
-    packet: IpPacket | bytes | bytearray, v4_code: int, v6_code: int
-) -> bytes | None:
+def destination_unreachable(packet: IpPacket | bytes | bytearray, v4_code: int, v6_code: int) -> bytes | None:
     """A destination-unreachable reply to `packet`, or None where none may be sent."""
     try:
         p = packet if isinstance(packet, IpPacket) else IpPacket(packet)
@@ -75,22 +73,16 @@ def destination_unreachable(
     quoted = original[: IPV6_MAX_ERROR_LEN - 40 - _ICMP_ERROR_HEADER]
     message = bytearray(struct.pack("!BBHI", ICMPV6_DEST_UNREACHABLE, v6_code, 0, 0))
     message += quoted
-    checksum = internet_checksum(
-        message, pseudo_header_sum(p.dst, p.src, PROTO_ICMPV6, len(message))
-    )
+    checksum = internet_checksum(message, pseudo_header_sum(p.dst, p.src, PROTO_ICMPV6, len(message)))
     struct.pack_into("!H", message, 2, checksum)
     return build_ipv6(p.dst, p.src, PROTO_ICMPV6, bytes(message), hop_limit=_REPLY_TTL)
 
 
 def prohibited(packet: IpPacket | bytes | bytearray) -> bytes | None:
-    """"Communication administratively prohibited" in answer to `packet`."""
-    return destination_unreachable(
-        packet, ICMPV4_CODE_ADMIN_PROHIBITED, ICMPV6_CODE_ADMIN_PROHIBITED
-    )
+    """ "Communication administratively prohibited" in answer to `packet`."""
+    return destination_unreachable(packet, ICMPV4_CODE_ADMIN_PROHIBITED, ICMPV6_CODE_ADMIN_PROHIBITED)
 
 
 def unreachable(packet: IpPacket | bytes | bytearray) -> bytes | None:
     """Host (IPv4) / address (IPv6) unreachable in answer to `packet`."""
-    return destination_unreachable(
-        packet, ICMPV4_CODE_HOST_UNREACHABLE, ICMPV6_CODE_ADDRESS_UNREACHABLE
-    )
+    return destination_unreachable(packet, ICMPV4_CODE_HOST_UNREACHABLE, ICMPV6_CODE_ADDRESS_UNREACHABLE)

@@ -45,7 +45,6 @@ from gateway_pkg.tunnel.packet import (
     PROTO_UDP,
     TCP_RST,
     IpPacket,
-    checksum_adjust,
     checksum_adjust_u16,
     internet_checksum,
     pseudo_header_sum,
@@ -87,6 +86,19 @@ class _Session:
         self.expires_at = now + ttl
 
 
+_unpack_u16 = struct.Struct("!H").unpack_from
+_pack_u16 = struct.Struct("!H").pack_into
+
+
+def _adjust(checksum: int, delta: int) -> int:
+    """RFC 1624 eqn. 3 with the change given as (new - old) summed as integers."""
+    total = 0xFFFF - checksum + delta
+    s = total % 0xFFFF
+    if s == 0 and total != 0:
+        s = 0xFFFF
+    return 0xFFFF - s
+
+
 def _l4_checksum_offset(protocol: int, version: int) -> int | None:
     if protocol == PROTO_TCP:
         return 16
@@ -113,12 +125,14 @@ def _rewrite_address(
     for a header quoted inside an ICMP error), `l4_len` how many L4 bytes are present.
     """
     n = len(new)
-    old = bytes(buf[address_offset : address_offset + n])
+    old = buf[address_offset : address_offset + n]
     buf[address_offset : address_offset + n] = new
+    # One difference serves both checksums (RFC 1624: HC' = ~(~HC + ~m + m')).
+    delta = int.from_bytes(new, "big") - int.from_bytes(old, "big")
     if version == 4:
         at = ip_offset + 10
-        (csum,) = struct.unpack_from("!H", buf, at)
-        struct.pack_into("!H", buf, at, checksum_adjust(csum, old, new))
+        (csum,) = _unpack_u16(buf, at)
+        _pack_u16(buf, at, _adjust(csum, delta))
     # ICMPv4 has no pseudo-header; TCP, UDP and ICMPv6 do.
     if protocol == PROTO_ICMP:
         return
@@ -126,13 +140,13 @@ def _rewrite_address(
     if rel is None or rel + 2 > l4_len:
         return
     at = l4_offset + rel
-    (csum,) = struct.unpack_from("!H", buf, at)
+    (csum,) = _unpack_u16(buf, at)
     if protocol == PROTO_UDP and version == 4 and csum == 0:
         return  # IPv4 UDP without a checksum stays without
-    csum = checksum_adjust(csum, old, new)
+    csum = _adjust(csum, delta)
     if protocol == PROTO_UDP and csum == 0:
         csum = 0xFFFF  # 0 would mean "no checksum"
-    struct.pack_into("!H", buf, at, csum)
+    _pack_u16(buf, at, csum)
 
 
 def _rewrite_u16(
@@ -429,8 +443,6 @@ class DnsResourceNat:
         if version == 4:
             csum = internet_checksum(message)
         else:
-            csum = internet_checksum(
-                message, pseudo_header_sum(proxy, p.dst, PROTO_ICMPV6, len(message))
-            )
+            csum = internet_checksum(message, pseudo_header_sum(proxy, p.dst, PROTO_ICMPV6, len(message)))
         struct.pack_into("!H", out, icmp + 2, csum)
         return out

@@ -89,13 +89,7 @@ def _encode(event_type: int, payload: bytes) -> bytes:
     if len(body) > MAX_PAYLOAD + _HEADER_LEN:
         raise ValueError("control payload too large")
     # Hop limit 0, as upstream: the packet never leaves the tunnel.
-    header = (
-        b"\x60\x00\x00\x00"
-        + len(body).to_bytes(2, "big")
-        + bytes((NEXT_HEADER, 0))
-        + _UNSPECIFIED
-        + _UNSPECIFIED
-    )
+    header = b"\x60\x00\x00\x00" + len(body).to_bytes(2, "big") + bytes((NEXT_HEADER, 0)) + _UNSPECIFIED + _UNSPECIFIED
     return header + body
 
 

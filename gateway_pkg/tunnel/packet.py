@@ -49,9 +49,7 @@ ICMPV6_ECHO_REPLY: Final = 129
 # also quote the offending packet.
 ICMPV4_ERROR_TYPES: Final = frozenset({3, 4, 5, 11, 12})
 ICMPV6_ERROR_TYPES: Final = frozenset({1, 2, 3, 4})
-_ECHO_TYPES: Final = frozenset(
-    {ICMPV4_ECHO_REQUEST, ICMPV4_ECHO_REPLY, ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY}
-)
+_ECHO_TYPES: Final = frozenset({ICMPV4_ECHO_REQUEST, ICMPV4_ECHO_REPLY, ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY})
 
 # IPv6 extension headers we walk over to reach the transport header. Others (ESP, AH,
 # mobility, ...) end the walk: the packet's protocol is then that header's number.
@@ -63,9 +61,12 @@ _IPV6_SKIPPABLE: Final = frozenset({_IPV6_EXT_HOP_BY_HOP, _IPV6_EXT_ROUTING, _IP
 # Bound the walk so a packet made only of extension headers cannot make us loop long.
 _IPV6_MAX_EXT_HEADERS: Final = 8
 
+_PLAIN_V4_PROTOCOLS: Final = frozenset({PROTO_TCP, PROTO_UDP, PROTO_ICMP})
 _L4_MIN_LEN: Final = {PROTO_TCP: 20, PROTO_UDP: 8, PROTO_ICMP: 8, PROTO_ICMPV6: 8}
 
 _unpack_ipv4 = struct.Struct("!BxHxxHBB").unpack_from  # ver/ihl, total len, frag, ttl, proto
+# IPv4 without options + the first 6 bytes of L4: total len, frag, proto, src, dst, 3 words
+_unpack_plain_ipv4 = struct.Struct("!2xH2xHxB2x4s4sHHH").unpack_from
 _unpack_u16 = struct.Struct("!H").unpack_from
 _unpack_ports = struct.Struct("!HH").unpack_from
 _unpack_icmp = struct.Struct("!BBxxH").unpack_from  # type, code, identifier
@@ -95,7 +96,7 @@ class IpPacket:
         "version",
     )
 
-    buf: bytes | bytearray
+    buf: bytes
     version: int
     src: bytes
     dst: bytes
@@ -111,19 +112,24 @@ class IpPacket:
     icmp_id: int | None
 
     def __init__(self, buf: bytes | bytearray) -> None:
+        if type(buf) is not bytes:
+            # Slices of bytes are bytes: the address fields then need no second copy.
+            buf = bytes(buf)
         self.buf = buf
         n = len(buf)
         if n < 20:
             raise PacketError("shorter than an IP header")
         first = buf[0]
+        if first == 0x45 and n >= 28 and self._parse_plain_ipv4(buf, n):
+            return
         version = first >> 4
         if version == 4:
             ver_ihl, total_len, frag, _ttl, proto = _unpack_ipv4(buf)
             ihl = (ver_ihl & 0x0F) * 4
             if ihl < 20 or total_len < ihl or total_len > n:
                 raise PacketError("bad IPv4 header or total length")
-            self.src = bytes(buf[12:16])
-            self.dst = bytes(buf[16:20])
+            self.src = buf[12:16]
+            self.dst = buf[16:20]
             offset = ihl
             # Only non-first fragments lack the transport header.
             fragmented = (frag & 0x1FFF) != 0
@@ -134,8 +140,8 @@ class IpPacket:
             if total_len > n:
                 raise PacketError("IPv6 payload length beyond the buffer")
             proto = buf[6]
-            self.src = bytes(buf[8:24])
-            self.dst = bytes(buf[24:40])
+            self.src = buf[8:24]
+            self.dst = buf[24:40]
             offset = 40
             fragmented = False
             hops = 0
@@ -174,7 +180,7 @@ class IpPacket:
             return
         if offset + need > total_len:
             raise PacketError("transport header truncated")
-        if proto == PROTO_TCP or proto == PROTO_UDP:
+        if proto in (PROTO_TCP, PROTO_UDP):
             self.src_port, self.dst_port = _unpack_ports(buf, offset)
             if proto == PROTO_TCP:
                 self.tcp_flags = buf[offset + 13]
@@ -183,6 +189,35 @@ class IpPacket:
             self.icmp_type = icmp_type
             if icmp_type in _ECHO_TYPES:
                 self.icmp_id = ident
+
+    def _parse_plain_ipv4(self, buf: bytes, n: int) -> bool:
+        """The common case in one unpack: IPv4 without options, not fragmented,
+        TCP/UDP/ICMP. False sends the packet through the general path."""
+        total_len, frag, proto, src, dst, w0, w1, w2 = _unpack_plain_ipv4(buf)
+        if proto not in _PLAIN_V4_PROTOCOLS or frag & 0x1FFF or total_len > n:
+            return False
+        if total_len < 20 + _L4_MIN_LEN[proto]:
+            return False
+        self.version = 4
+        self.src = src
+        self.dst = dst
+        self.protocol = proto
+        self.header_len = 20
+        self.total_len = total_len
+        self.is_fragment = False
+        if proto == PROTO_ICMP:
+            self.src_port = self.dst_port = None
+            self.tcp_flags = 0
+            icmp_type = w0 >> 8
+            self.icmp_type = icmp_type
+            self.icmp_code = w0 & 0xFF
+            self.icmp_id = w2 if icmp_type in _ECHO_TYPES else None
+            return True
+        self.src_port = w0
+        self.dst_port = w1
+        self.tcp_flags = buf[33] if proto == PROTO_TCP else 0
+        self.icmp_type = self.icmp_code = self.icmp_id = None
+        return True
 
     @property
     def src_ip(self) -> IPAddress:
@@ -304,15 +339,11 @@ def build_ipv6(
     *,
     hop_limit: int = 64,
 ) -> bytes:
-    header = struct.pack(
-        "!IHBB16s16s", 6 << 28, len(payload), next_header, hop_limit, packed(src), packed(dst)
-    )
+    header = struct.pack("!IHBB16s16s", 6 << 28, len(payload), next_header, hop_limit, packed(src), packed(dst))
     return header + payload
 
 
-def build_ip(
-    src: AddressLike, dst: AddressLike, protocol: int, payload: bytes, *, ttl: int = 64
-) -> bytes:
+def build_ip(src: AddressLike, dst: AddressLike, protocol: int, payload: bytes, *, ttl: int = 64) -> bytes:
     """IPv4 or IPv6 by the family of `src`."""
     src_b, dst_b = packed(src), packed(dst)
     if len(src_b) != len(dst_b):
@@ -326,9 +357,7 @@ def _l4_checksum(src: bytes, dst: bytes, protocol: int, segment: bytes | bytearr
     return internet_checksum(segment, pseudo_header_sum(src, dst, protocol, len(segment)))
 
 
-def build_udp(
-    src: AddressLike, dst: AddressLike, sport: int, dport: int, payload: bytes = b""
-) -> bytes:
+def build_udp(src: AddressLike, dst: AddressLike, sport: int, dport: int, payload: bytes = b"") -> bytes:
     src_b, dst_b = packed(src), packed(dst)
     segment = bytearray(struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload)
     struct.pack_into("!H", segment, 6, _l4_checksum(src_b, dst_b, PROTO_UDP, segment))
@@ -347,16 +376,12 @@ def build_tcp(
     payload: bytes = b"",
 ) -> bytes:
     src_b, dst_b = packed(src), packed(dst)
-    segment = bytearray(
-        struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0) + payload
-    )
+    segment = bytearray(struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0) + payload)
     struct.pack_into("!H", segment, 16, _l4_checksum(src_b, dst_b, PROTO_TCP, segment))
     return build_ip(src_b, dst_b, PROTO_TCP, bytes(segment))
 
 
-def build_icmp(
-    src: AddressLike, dst: AddressLike, icmp_type: int, code: int, rest: bytes
-) -> bytes:
+def build_icmp(src: AddressLike, dst: AddressLike, icmp_type: int, code: int, rest: bytes) -> bytes:
     """An ICMP (IPv4) or ICMPv6 message; `rest` follows the 4-byte type/code/checksum."""
     src_b, dst_b = packed(src), packed(dst)
     message = bytearray(struct.pack("!BBH", icmp_type, code, 0) + rest)

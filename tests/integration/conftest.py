@@ -1,0 +1,120 @@
+"""Fixtures for the namespace lab: dev portal, gateway, resource servers, a wireguard-go client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import netlab
+from tests.procs import VENV_BIN, DevPortalProc, Proc, base_env, http, wait_for
+
+LAB_TOKEN = "lab-gateway-token-0123456789abcdef"
+
+
+class Lab:
+    """One running lab: portal in the root ns, gateway, client and resources in theirs."""
+
+    def __init__(self, net: netlab.NetLab, portal: DevPortalProc) -> None:
+        self.net = net
+        self.portal = portal
+        self.gateway: Proc | None = None
+        self.health = ""
+        self.client: netlab.WireGuardClient | None = None
+
+    def start_gateway(self, extra_env: dict[str, str] | None = None) -> Proc:
+        health = f"{netlab.NetLab.MGMT_GATEWAY}:8080"
+        env = base_env() | {
+            "FIREZONE_TOKEN": LAB_TOKEN,
+            "FIREZONE_ID": "b" * 64,
+            "FIREZONE_NAME": "lab-gateway",
+            "FIREZONE_API_URL": self.portal.url,
+            "HEALTH_CHECK_ADDR": health,
+            "FIREZONE_NO_TELEMETRY": "true",
+            "RUST_LOG": "debug",
+        } | (extra_env or {})
+        self.net.spawn("gateway", [str(VENV_BIN / "firezone-gateway-init"), "--egress-interface",
+                                   f"fr{self.net.tag}g"], base_env(), "gateway-init").popen.wait(30)
+        self.gateway = self.net.spawn("gateway", [str(VENV_BIN / "firezone-gateway")], env, "gateway")
+        self.health = f"http://{health}"
+        wait_for(lambda: self.readyz() == 200 or not self.gateway.running(), 20, "gateway ready")
+        assert self.gateway.running(), self.gateway.output()
+        return self.gateway
+
+    def readyz(self) -> int | None:
+        try:
+            return http("GET", self.health + "/readyz", timeout=2)[0]
+        except OSError:
+            return None
+
+    def metrics(self) -> str:
+        return http("GET", self.health + "/metrics", timeout=5)[1]
+
+    def gateway_record(self) -> dict[str, Any]:
+        return next(g for g in self.portal.gateways() if g["joined"])
+
+    def authorize(self, resource: dict[str, Any], protocol: str = "1.4", expires_at: int | None = None,
+                  client: netlab.WireGuardClient | None = None) -> dict[str, Any]:
+        client = client or self.client
+        assert client is not None
+        body = {"gateway": self.gateway_record()["id"], "protocol": protocol, "client": client.flow_client(),
+                "resource": resource}
+        if expires_at is not None:
+            body["expires_at"] = expires_at
+        status, flow = self.portal.api("POST", "/v1/flows", body)
+        assert status == 201, flow
+        return flow
+
+    def connect_client(self, flow: dict[str, Any], routes: list[str]) -> netlab.WireGuardClient:
+        assert self.client is not None
+        gw = flow["gateway"]
+        self.client.connect(gw["public_key"], f"{netlab.NetLab.GATEWAY_OUTER}:{gw['port']}",
+                            [*routes, f"{gw['ipv4']}/32"])
+        return self.client
+
+    def client_sh(self, *argv: str, check: bool = False, timeout: float = 10) -> tuple[int, str]:
+        import subprocess
+
+        done = subprocess.run(["ip", "netns", "exec", self.net.ns["client"], *argv], capture_output=True,
+                              text=True, timeout=timeout, check=False)
+        if check:
+            assert done.returncode == 0, done.stderr
+        return done.returncode, done.stdout + done.stderr
+
+    def curl(self, url: str, timeout: float = 3) -> tuple[int, str]:
+        return self.client_sh("curl", "-sS", "--max-time", str(timeout), url, timeout=timeout + 5)
+
+    def serve_http(self, address: str, port: int, body: str) -> Proc:
+        root = self.net.workdir / f"www-{address}-{port}"
+        root.mkdir(exist_ok=True)
+        (root / "index.html").write_text(body)
+        proc = self.net.spawn("resource", ["python3", "-m", "http.server", "--bind", address, str(port),
+                                           "--directory", str(root)], base_env(), f"http-{address}-{port}")
+        wait_for(lambda: f"{address}:{port}" in netlab.sh("ss", "-ltn", ns=self.net.ns["resource"]), 10,
+                 f"http server {address}:{port}")
+        return proc
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    reason = netlab.available()
+    if reason:
+        pytest.skip(reason)
+    net = netlab.NetLab(tmp_path).up()
+    portal = None
+    try:
+        portal = DevPortalProc(tmp_path, host=netlab.NetLab.MGMT_ROOT, gateway_token=LAB_TOKEN)
+        the_lab = Lab(net, portal)
+        the_lab.client = net.new_client()
+        the_lab.client.start()
+        yield the_lab
+    finally:
+        if portal is not None:
+            portal.stop()
+        net.down()
+        # Captured output is shown by pytest only when the test failed: the logs tell why.
+        for log in sorted(tmp_path.glob("*.log")):
+            print(f"===== {log.name} (last 40 lines)")
+            print("\n".join(log.read_text(errors="replace").splitlines()[-40:]))
