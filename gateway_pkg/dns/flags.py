@@ -45,6 +45,10 @@ class FeatureFlags:
         return self._userspace_dns
 
     @property
+    def interval(self) -> float:
+        return self._settings.feature_flags_interval
+
+    @property
     def fetching_enabled(self) -> bool:
         return self._settings.telemetry and self._settings.feature_flags_url is not None
 

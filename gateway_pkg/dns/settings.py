@@ -71,6 +71,8 @@ class DnsSettings:
             min_ttl=min_ttl,
             max_ttl=max_ttl,
             max_stale_age=_seconds(environ, "FIREZONE_DNS_MAX_STALE", DEFAULT_MAX_STALE_AGE),
+            # Undocumented test knob: the legacy path's fixed cache time (upstream: 30 s).
+            legacy_ttl=_seconds(environ, "FIREZONE_DNS_LEGACY_TTL", LEGACY_TTL),
             resolv_conf=environ.get("FIREZONE_DNS_RESOLV_CONF", "").strip() or "/etc/resolv.conf",
             hosts_file=environ.get("FIREZONE_DNS_HOSTS_FILE", "").strip() or "/etc/hosts",
             nameservers=parse_nameservers(environ.get("FIREZONE_DNS_NAMESERVERS", "")),

@@ -134,28 +134,33 @@ class HostsFile:
         self._path = path
         self._clock = clock
         self._recheck = recheck
-        self._next_check = float("-inf")
+        self.next_check = float("-inf")
         self._mtime: int | None = None
         self.table = HostsTable()
 
     def current(self) -> HostsTable:
-        now = self._clock()
-        if now >= self._next_check:
-            self._next_check = now + self._recheck
-            self._reload_if_changed()
+        self.check(self._clock())
         return self.table
 
-    def _reload_if_changed(self) -> None:
+    def check(self, now: float) -> bool:
+        """Re-read the file if the recheck time has come and it changed; True if the
+        table changed (callers drop cached answers the new entries override)."""
+        if now < self.next_check:
+            return False
+        self.next_check = now + self._recheck
         try:
             mtime = os.stat(self._path).st_mtime_ns
         except OSError:
+            changed = bool(self.table.v4 or self.table.v6)
             self._mtime, self.table = None, HostsTable()
-            return
+            return changed
         if mtime == self._mtime:
-            return
+            return False
         try:
             with open(self._path, encoding="utf-8", errors="replace") as f:
                 self.table = parse_hosts(f.read())
             self._mtime = mtime
         except OSError as error:
             logger.warning("cannot read hosts file %s: %s", self._path, error)
+            return False
+        return True

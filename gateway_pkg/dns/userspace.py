@@ -59,39 +59,48 @@ class UserspaceResolver:
         self._failure_recheck_timer = failure_recheck_timer
         self.upstream = Upstream(load_resolv_conf(settings.resolv_conf, settings.nameservers), stats, send)
         self.hosts = HostsFile(settings.hosts_file, clock)
-        self.cache = RecordCache(settings.cache_size, settings.min_ttl, settings.max_ttl, settings.max_stale_age)
+        # FIREZONE_DNS_CACHE_SIZE counts names; each name holds an A and an AAAA entry.
+        self.cache = RecordCache(2 * settings.cache_size, settings.min_ttl, settings.max_ttl, settings.max_stale_age)
         self._inflight: dict[CacheKey, asyncio.Task[CacheEntry]] = {}
 
     async def resolve(self, name: str) -> list[IPAddress]:
         started = time.perf_counter()
         key = name.lower()
-        # The hot path: both families fresh in the cache and no hosts entry. Kept to a
-        # handful of dict operations; everything else goes through _resolve_slowly.
-        hosts = self.hosts.current()
-        bare = key.rstrip(".")
-        if bare not in hosts.v4 and bare not in hosts.v6:
-            now = self._clock()
-            v4 = self.cache.get((key, A))
-            v6 = self.cache.get((key, AAAA))
-            if (
-                v4 is not None
-                and v6 is not None
-                and now < v4.expires
-                and now < v6.expires
-                and (v4.addresses or v6.addresses)
-            ):
-                stats = self._stats
-                stats.cache_hits += 1
-                if v4.negative or v6.negative:
-                    stats.negative_hits += 1
-                stats.observe_latency(time.perf_counter() - started)
-                if logger.isEnabledFor(logging.DEBUG):
-                    logger.debug(
-                        "resolved %s on the userspace path from the cache, ttl %.1f s left",
-                        name, min(v4.expires, v6.expires) - now,
-                    )  # fmt: skip
-                return [*v4.addresses, *v6.addresses]
+        now = self._clock()
+        if now >= self.hosts.next_check:
+            self._check_hosts(now)
+        # The hot path: both families fresh in the cache. Names in /etc/hosts never have
+        # cache entries (_check_hosts drops them), so no hosts lookup is needed here.
+        v4 = self.cache.get((key, A))
+        v6 = self.cache.get((key, AAAA))
+        if (
+            v4 is not None
+            and v6 is not None
+            and now < v4.expires
+            and now < v6.expires
+            and (v4.addresses or v6.addresses)
+        ):
+            stats = self._stats
+            stats.cache_hits += 1
+            if v4.negative or v6.negative:
+                stats.negative_hits += 1
+            stats.observe_latency(time.perf_counter() - started)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "resolved %s on the userspace path from the cache, ttl %.1f s left",
+                    name, min(v4.expires, v6.expires) - now,
+                )  # fmt: skip
+            return [*v4.addresses, *v6.addresses]
         return await self._resolve_slowly(name, key, started)
+
+    def _check_hosts(self, now: float) -> None:
+        if not self.hosts.check(now):
+            return
+        table = self.hosts.table
+        for bare in (*table.v4, *table.v6):
+            for key in (bare, bare + "."):
+                for rdtype in FAMILIES:
+                    self.cache.remove((key, rdtype))
 
     async def _resolve_slowly(self, name: str, key: str, started: float) -> list[IPAddress]:
         try:
@@ -122,6 +131,7 @@ class UserspaceResolver:
         errors: list[str] = []
         now = self._clock()
         remaining = float("inf")
+        negative_hit = False  # counted once per resolution, like the other outcomes
         for rdtype, result in zip(FAMILIES, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, UpstreamError):
@@ -135,10 +145,11 @@ class UserspaceResolver:
             addresses.extend(entry.addresses)
             if entry.negative is not None:
                 negatives.add(entry.negative)
-                if source == "cache":
-                    stats.negative_hits += 1
+                negative_hit = negative_hit or source == "cache"
             remaining = min(remaining, max(entry.expires - now, 0.0))
 
+        if negative_hit:
+            stats.negative_hits += 1
         if "stale" in sources:
             stats.stale_answers += 1
         elif "upstream" in sources:
@@ -161,7 +172,7 @@ class UserspaceResolver:
         raise ResolveError(f"{name} has no A or AAAA records", negative=True)
 
     async def _lookup(self, key: str, rdtype: int) -> tuple[CacheEntry, Source]:
-        hosts = self.hosts.current()
+        hosts = self.hosts.table
         from_hosts = (hosts.v4 if rdtype == A else hosts.v6).get(key.rstrip("."))
         if from_hosts:
             return CacheEntry(from_hosts, None, 0.0, 0.0, 0.0), "hosts"
@@ -186,8 +197,10 @@ class UserspaceResolver:
             async with asyncio.timeout(self._client_response_timer):
                 return await asyncio.shield(refresh), "upstream"
         except TimeoutError:
-            # The refresh goes on in the background and updates the cache if it succeeds;
-            # until it ends, single-flight keeps later callers from starting another.
+            # The refresh goes on in the background and replaces this entry if it succeeds.
+            # Meanwhile later callers get the stale answer at once instead of each waiting
+            # another timer's length on the same slow refresh.
+            stale.retry_after = self._clock() + self._failure_recheck_timer
             logger.info(
                 "refreshing %s %s takes longer than %g s; serving the stale answer",
                 cache_key[0], _type_name(cache_key[1]), self._client_response_timer,

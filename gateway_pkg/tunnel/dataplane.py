@@ -109,7 +109,16 @@ class TunnelDataPlane:
         for sock in self._sockets.values():
             self._loop.add_reader(sock.fileno(), self._on_udp_readable, sock)
         self._spawn(self._timer_loop())
-        self._spawn(self.flags.run(self.settings.flags_distinct_id))
+        if self.flags.fetching_enabled:
+            # As upstream: the first evaluation is awaited before the portal connects.
+            await self.flags.refresh(self.settings.flags_distinct_id)
+            self._spawn(self._refresh_flags())
+
+    async def _refresh_flags(self) -> None:
+        interval = self.flags.interval
+        while True:
+            await asyncio.sleep(interval)
+            await self.flags.refresh(self.settings.flags_distinct_id)
 
     async def stop(self) -> None:
         for client in list(self.clients.values()):

@@ -18,7 +18,9 @@ Mapping rules (upstream after PR #10623):
 - per family, proxy IPs are paired round-robin with the resolved addresses of the same
   family; with none in that family a proxy IP maps to None (the policy answers with
   host/address unreachable), never to the other family;
-- a proxy IP with open sessions keeps the real IP its sessions use;
+- open sessions keep the real IP they started with (each session stores it); new
+  sessions use the newest resolution, so a changed record takes effect for new
+  connections as soon as the gateway re-resolves (the TTL cache decides when);
 - proxy IPs re-assigned to a different (resource, domain) reset the whole table.
 
 Checksums are updated incrementally (RFC 1624) for the IP header, TCP, UDP and ICMPv6
@@ -231,8 +233,7 @@ class DnsResourceNat:
             else:
                 real = real_v6[i6 % len(real_v6)] if real_v6 else None
                 i6 += 1
-            if self._sessions_per_proxy.get(proxy) and proxy in self._proxy:
-                continue  # open sessions keep their real IP
+            # Open sessions keep their real IP (stored per session); new ones take this one.
             self._proxy[proxy] = real
 
     def remove_resource(self, resource_id: str) -> None:

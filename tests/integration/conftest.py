@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ class Lab:
         self.gateway: Proc | None = None
         self.health = ""
         self.client: netlab.WireGuardClient | None = None
+        self.dns: LabDns | None = None
+
+    def start_dns(self, records: list[str]) -> LabDns:
+        self.dns = LabDns(self.net, records)
+        return self.dns
 
     def start_gateway(self, extra_env: dict[str, str] | None = None) -> Proc:
         health = f"{netlab.NetLab.MGMT_GATEWAY}:8080"
@@ -97,6 +103,70 @@ class Lab:
         return proc
 
 
+class LabDns:
+    """unbound in the resource namespace on 198.18.2.2:53, serving `lab.test.` records we write.
+
+    The gateway namespace's resolv.conf (/etc/netns/<ns>/resolv.conf) points at it, so the
+    gateway resolves through its ordinary system configuration, as on a real host.
+    """
+
+    def __init__(self, net: netlab.NetLab, records: list[str], soa_minimum: int = 2) -> None:
+        import tempfile
+
+        self.net = net
+        # unbound-control's socket path must fit in sun_path: keep it short.
+        self.dir = Path(tempfile.mkdtemp(prefix="fzl-"))
+        soa = f"lab.test. 10 IN SOA ns.lab.test. admin.lab.test. 1 3600 600 86400 {soa_minimum}"
+        data = "\n".join(f'    local-data: "{rr}"' for rr in [soa, *records])
+        self.config = self.dir / "unbound.conf"
+        self.config.write_text(f"""server:
+    interface: {netlab.NetLab.RESOURCE}
+    port: 53
+    do-daemonize: no
+    username: ""
+    chroot: ""
+    directory: "{self.dir}"
+    pidfile: "{self.dir}/unbound.pid"
+    use-syslog: no
+    logfile: ""
+    verbosity: 1
+    num-threads: 1
+    do-ip6: no
+    access-control: 0.0.0.0/0 allow
+    module-config: "iterator"
+    local-zone: "." refuse
+    local-zone: "lab.test." static
+{data}
+remote-control:
+    control-enable: yes
+    control-interface: {self.dir}/ctl.sock
+""")
+        self.proc = net.spawn("resource", ["unbound", "-d", "-c", str(self.config)], base_env(), "unbound")
+        wait_for(lambda: self.control("status") is not None, 10, "unbound up")
+
+    def control(self, *args: str) -> str | None:
+        import subprocess
+
+        done = subprocess.run(["ip", "netns", "exec", self.net.ns["resource"], "unbound-control", "-c",
+                               str(self.config), *args], capture_output=True, text=True, check=False, timeout=10)
+        return done.stdout if done.returncode == 0 else None
+
+    def replace(self, name: str, *records: str) -> None:
+        assert self.control("local_data_remove", name) is not None
+        for record in records:
+            assert self.control("local_data", *record.split()) is not None
+
+    def queries(self) -> int:
+        out = self.control("stats_noreset") or ""
+        for line in out.splitlines():
+            if line.startswith("total.num.queries="):
+                return int(line.split("=", 1)[1])
+        raise AssertionError("unbound has no query counter")
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
     reason = netlab.available()
@@ -104,6 +174,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         pytest.skip(reason)
     net = netlab.NetLab(tmp_path).up()
     portal = None
+    the_lab: Lab | None = None
     try:
         portal = DevPortalProc(tmp_path, host=netlab.NetLab.MGMT_ROOT, gateway_token=LAB_TOKEN)
         the_lab = Lab(net, portal)
@@ -114,6 +185,8 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         if portal is not None:
             portal.stop()
         net.down()
+        if the_lab is not None and the_lab.dns is not None:
+            the_lab.dns.close()
         # Captured output is shown by pytest only when the test failed: the logs tell why.
         for log in sorted(tmp_path.glob("*.log")):
             print(f"===== {log.name} (last 40 lines)")

@@ -47,3 +47,90 @@ def test_cidr_resource_with_filters(lab, protocol):
     assert code == 0, out
     assert metric(lab, "firezone_gateway_wireguard_handshakes_total") >= 1
     assert metric(lab, "firezone_gateway_active_peers") == 1
+
+
+def ping(lab, address, wait=1.0):
+    return lab.client_sh("ping", "-c", "1", "-W", str(wait), address)[0] == 0
+
+
+def test_reject_access_stops_traffic_within_a_second(lab):
+    lab.start_gateway()
+    flow = lab.authorize({"type": "cidr", "address": "198.18.2.2/32"})
+    lab.connect_client(flow, ["198.18.2.0/24"])
+    assert wait_for(lambda: ping(lab, NetLab.RESOURCE), 10, "ping through the tunnel")
+    status, body = lab.portal.api("DELETE", f"/v1/flows/{flow['flow_id']}")
+    assert status == 200 and body["sent"] == "reject_access"
+    deleted = time.monotonic()
+    wait_for(lambda: not ping(lab, NetLab.RESOURCE, wait=0.2), 2, "traffic stopped")
+    assert time.monotonic() - deleted < 1.5
+    # The client had no other resource: the gateway removed it and said goodbye.
+    wait_for(lambda: "Removed client" in lab.gateway.output(), 2, "client removed")
+    assert metric(lab, "firezone_gateway_active_peers") == 0
+
+
+def test_expiry_stops_traffic(lab):
+    lab.start_gateway()
+    expires = int(time.time()) + 4
+    flow = lab.authorize({"type": "cidr", "address": "198.18.2.0/24"}, expires_at=expires)
+    lab.connect_client(flow, ["198.18.2.0/24"])
+    assert wait_for(lambda: ping(lab, NetLab.RESOURCE), 10, "ping before expiry")
+    wait_for(lambda: not ping(lab, NetLab.RESOURCE, wait=0.3), 10, "traffic stopped after expiry")
+    assert time.time() >= expires
+    wait_for(lambda: "Authorization expired" in lab.gateway.output(), 3, "expiry logged within the 1 s check")
+    wait_for(lambda: "Removed client" in lab.gateway.output(), 3, "client without resources removed")
+
+
+def test_icmp_follows_the_icmp_filter(lab):
+    lab.start_gateway()
+    lab.serve_http(NetLab.RESOURCE, 80, HTTP_OK)
+    flow = lab.authorize({"type": "cidr", "address": "198.18.2.0/24",
+                          "filters": [{"protocol": "tcp", "port_range_start": 80, "port_range_end": 80}]})
+    lab.connect_client(flow, ["198.18.2.0/24"])
+    code, out = lab.curl(f"http://{NetLab.RESOURCE}/")
+    assert code == 0 and HTTP_OK in out
+    code, out = lab.client_sh("ping", "-c", "1", "-W", "2", NetLab.RESOURCE)
+    assert code != 0 and "Packet filtered" in out, out  # ICMP "administratively prohibited"
+    status, _ = lab.portal.api("PATCH", f"/v1/resources/{flow['resource_id']}", {"filters": FILTERS})
+    assert status == 200
+    assert wait_for(lambda: ping(lab, NetLab.RESOURCE), 5, "ping allowed after resource_updated")
+
+
+def test_rekey_keeps_traffic_flowing(lab):
+    # A 3 s session lifetime on the gateway makes it re-handshake as initiator repeatedly.
+    lab.start_gateway({"FIREZONE_WG_REKEY_AFTER_TIME": "3"})
+    flow = lab.authorize({"type": "cidr", "address": "198.18.2.0/24"})
+    lab.connect_client(flow, ["198.18.2.0/24"])
+    assert wait_for(lambda: ping(lab, NetLab.RESOURCE), 10, "first ping")
+    code, out = lab.client_sh("ping", "-c", "50", "-i", "0.2", "-W", "1", NetLab.RESOURCE, timeout=30)
+    received = int(out.split(" received")[0].rsplit(" ", 1)[1])
+    assert received >= 47, out  # at most a few lost while a handshake completes
+    assert metric(lab, "firezone_gateway_wireguard_handshakes_total") >= 3
+    assert "initiator=True" in lab.gateway.output()
+
+
+def test_bad_datagrams_are_dropped_and_counted(lab):
+    import os
+    import socket
+
+    from pyroute2.netns import popns, pushns
+
+    lab.start_gateway()
+    flow = lab.authorize({"type": "cidr", "address": "198.18.2.0/24"})
+    lab.connect_client(flow, ["198.18.2.0/24"])
+    assert wait_for(lambda: ping(lab, NetLab.RESOURCE), 10, "ping")
+    pushns(lab.net.ns["client"])
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    finally:
+        popns()
+    target = (NetLab.GATEWAY_OUTER, 52625)
+    junk = [os.urandom(n) for n in (0, 1, 3, 31, 32, 148, 1500)]
+    junk += [b"\x01\x00\x00\x00" + os.urandom(144)]  # initiation with a bad mac1
+    junk += [b"\x04\x00\x00\x00" + os.urandom(60)]  # transport data for an unknown index
+    for data in junk * 20:
+        sock.sendto(data, target)
+    sock.close()
+    wait_for(lambda: metric(lab, 'firezone_gateway_dropped_packets_total{reason="mac1"}') >= 20, 5, "mac1 drops")
+    assert metric(lab, 'firezone_gateway_dropped_packets_total{reason="malformed"}') >= 20
+    assert metric(lab, 'firezone_gateway_dropped_packets_total{reason="unknown_index"}') >= 20
+    assert lab.gateway.running() and ping(lab, NetLab.RESOURCE)

@@ -1,0 +1,299 @@
+"""Both resolution paths against a real unbound, asserted with unbound's own counters."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+
+import dns.message
+import dns.query
+import dns.rdatatype
+import pytest
+from aiohttp import web
+from unbound_server import eventually
+
+from gateway_pkg.dns.base import ResolveError
+from gateway_pkg.dns.flags import USERSPACE_DNS_FLAG, FeatureFlags
+from gateway_pkg.dns.metrics import DnsStats
+from gateway_pkg.dns.resolver import build_resolver
+from gateway_pkg.dns.settings import DnsSettings
+
+pytestmark = pytest.mark.integration
+
+V4, V6 = ipaddress.IPv4Address, ipaddress.IPv6Address
+
+
+def settings_for(unbound, **changes) -> DnsSettings:
+    return DnsSettings(
+        resolv_conf=str(unbound.write_resolv_conf(timeout=changes.pop("per_try_timeout", 2))),
+        hosts_file=str(unbound.write_hosts()),
+        nameservers=(unbound.nameserver,),
+        **changes,
+    )
+
+
+def resolver_for(unbound, *, flag: bool, clock=time.monotonic, stats=None, **changes):
+    settings = settings_for(unbound, userspace_dns_override=flag, **changes)
+    stats = stats or DnsStats()
+    return build_resolver(
+        settings,
+        FeatureFlags(settings),
+        stats=stats,
+        clock=clock,
+        system_lookup=stub_lookup_via(unbound),
+    ), stats
+
+
+def stub_lookup_via(unbound):
+    """Stands in for getaddrinfo on the legacy path: a blocking stub query to our unbound
+    (libc's resolver cannot be pointed at a port). It keeps libc's contract: addresses
+    of one family, or socket.gaierror."""
+
+    def lookup(name: str, family: int):
+        rdtype = dns.rdatatype.A if family == socket.AF_INET else dns.rdatatype.AAAA
+        query = dns.message.make_query(name.rstrip(".") + ".", rdtype)
+        response = dns.query.udp(query, unbound.address, port=unbound.port, timeout=2)
+        addresses = [
+            ipaddress.ip_address(rdata.address)
+            for rrset in response.answer
+            if rrset.rdtype == rdtype
+            for rdata in rrset
+        ]
+        if not addresses:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return addresses
+
+    return lookup
+
+
+# -- flag on: the user-space path ------------------------------------------------------
+
+
+async def test_ttl_is_honoured_then_the_changed_record_is_served(unbound):
+    resolver, _ = resolver_for(unbound, flag=True)
+    assert await resolver.resolve("dual.test") == [V4("192.0.2.1"), V6("2001:db8::1")]
+    assert unbound.queries() == 2
+    unbound.replace("dual.test.", "dual.test. 2 IN A 192.0.2.99", "dual.test. 2 IN AAAA 2001:db8::99")
+    changed_at = time.monotonic()
+    baseline = unbound.queries()  # unbound-control traffic is not counted as queries
+    assert await resolver.resolve("dual.test") == [V4("192.0.2.1"), V6("2001:db8::1")]
+    assert unbound.queries() == baseline, "within the TTL the cache must answer"
+    # Wait out the real 2 s TTL (polling, not a fixed sleep standing in for it).
+    while await resolver.resolve("dual.test") != [V4("192.0.2.99"), V6("2001:db8::99")]:
+        assert time.monotonic() - changed_at < 5, "the changed record never showed up"
+        await asyncio.sleep(0.1)
+    assert time.monotonic() - changed_at >= 0.5
+    assert unbound.queries() == baseline + 2
+
+
+async def test_a_only_aaaa_only_and_dual_stack(unbound):
+    resolver, _ = resolver_for(unbound, flag=True)
+    assert await resolver.resolve("dual.test") == [V4("192.0.2.1"), V6("2001:db8::1")]
+    assert await resolver.resolve("v4.test") == [V4("192.0.2.4")]
+    assert await resolver.resolve("v6.test") == [V6("2001:db8::6")]
+    assert unbound.queries() == 6
+
+
+async def test_ttl_clamps_apply(unbound, clock):
+    resolver, _ = resolver_for(unbound, flag=True, clock=clock, min_ttl=10.0)
+    await resolver.resolve("short.test")  # record TTL 1 s, clamped up to 10 s
+    clock.advance(9)
+    await resolver.resolve("short.test")
+    assert unbound.queries() == 2
+    clock.advance(1.5)
+    await resolver.resolve("short.test")
+    assert unbound.queries() == 4
+
+    capped, _ = resolver_for(unbound, flag=True, clock=clock, max_ttl=5.0)
+    before = unbound.queries()
+    await capped.resolve("busy.test")  # record TTL 60 s, clamped down to 5 s
+    clock.advance(5.5)
+    await capped.resolve("busy.test")
+    assert unbound.queries() == before + 4
+
+
+async def test_cname_chain_uses_the_minimum_ttl(unbound, clock):
+    resolver, _ = resolver_for(unbound, flag=True, clock=clock)
+    assert await resolver.resolve("alias.test") == [V4("192.0.2.60")]
+    # unbound's local-data does not chase CNAMEs, so we follow alias → mid → target
+    # for A (3 queries); AAAA ends in NODATA at target (3 more).
+    asked = unbound.queries()
+    assert asked == 6
+    clock.advance(1.5)  # mid.test's 2 s is the minimum along the chain
+    await resolver.resolve("alias.test")
+    assert unbound.queries() == asked
+    clock.advance(0.6)
+    await resolver.resolve("alias.test")
+    assert unbound.queries() == 2 * asked
+
+
+async def test_nxdomain_and_nodata_are_cached_for_the_soa_time(unbound, clock):
+    resolver, stats = resolver_for(unbound, flag=True, clock=clock)  # SOA MINIMUM 3 s
+    with pytest.raises(ResolveError) as raised:
+        await resolver.resolve("missing.test")
+    assert raised.value.negative
+    await resolver.resolve("v4.test")  # AAAA: NODATA
+    asked = unbound.queries()
+    clock.advance(1.5)  # within the 3 s SOA-derived time (and v4.test's own 2 s)
+    with pytest.raises(ResolveError):
+        await resolver.resolve("missing.test")
+    assert await resolver.resolve("v4.test") == [V4("192.0.2.4")]
+    assert unbound.queries() == asked
+    assert stats.userspace.negative_hits == 2
+    unbound.replace("v4.test.", "v4.test. 300 IN A 192.0.2.4", "v4.test. 300 IN AAAA 2001:db8::4")
+    clock.advance(1.7)  # 3.2 s: the negative answers have expired
+    with pytest.raises(ResolveError):
+        await resolver.resolve("missing.test")
+    assert await resolver.resolve("v4.test") == [V4("192.0.2.4"), V6("2001:db8::4")]
+    assert unbound.queries() == asked + 4  # missing A+AAAA, v4 A (TTL 2 s) + AAAA
+
+
+async def test_thousand_concurrent_lookups_make_one_query_per_type(unbound):
+    resolver, stats = resolver_for(unbound, flag=True)
+    results = await asyncio.gather(*(resolver.resolve("busy.test") for _ in range(1000)))
+    assert all(r == [V4("192.0.2.20"), V6("2001:db8::20")] for r in results)
+    assert unbound.queries() == 2
+    assert stats.userspace.coalesced == 2 * 999
+
+
+@pytest.mark.slow
+async def test_upstream_stopped_serves_stale_and_rechecks_every_30s(unbound, clock, caplog):
+    resolver, stats = resolver_for(unbound, flag=True, clock=clock, max_stale_age=100.0, per_try_timeout=3)
+    assert await resolver.resolve("dual.test") == [V4("192.0.2.1"), V6("2001:db8::1")]
+    unbound.pause()
+    try:
+        clock.advance(3)  # past the 2 s TTL
+        loop = asyncio.get_running_loop()
+        with caplog.at_level(logging.INFO, logger="gateway_pkg.dns"):
+            started = loop.time()
+            assert await resolver.resolve("dual.test") == [V4("192.0.2.1"), V6("2001:db8::1")]
+            elapsed = loop.time() - started
+        assert 1.7 <= elapsed <= 1.8 + 0.3, elapsed
+        assert "serving the stale answer" in caplog.text
+        # The refresh runs on into its 3 s per-try timeout and fails; the 30 s failure
+        # recheck timer starts then.
+        await eventually(lambda: not resolver.userspace._inflight)
+        assert "serving the answer that expired" in caplog.text
+        for _ in range(29):
+            clock.advance(1)
+            started = loop.time()
+            assert await resolver.resolve("dual.test") == [V4("192.0.2.1"), V6("2001:db8::1")]
+            assert loop.time() - started < 0.1
+        assert stats.userspace.upstream_queries == 4
+    finally:
+        unbound.resume()
+    # What unbound received while stopped: exactly our 2 refresh queries, no retries.
+    assert unbound.wait_for_queries(4) == 4
+
+    unbound.replace("dual.test.", "dual.test. 2 IN A 192.0.2.77")
+    clock.advance(1.5)  # now more than 30 s after the failed refresh
+    assert await resolver.resolve("dual.test") == [V4("192.0.2.77")]
+    assert unbound.queries() == 6
+
+    unbound.pause()
+    try:
+        clock.advance(2 + 100 + 1)  # beyond the 100 s maximum stale age
+        with pytest.raises(ResolveError) as raised:
+            await resolver.resolve("dual.test")
+        assert not raised.value.negative
+    finally:
+        unbound.resume()
+
+
+# -- flag off: the legacy path ---------------------------------------------------------
+
+
+async def test_legacy_path_keeps_answers_for_the_fixed_ttl(unbound, clock):
+    resolver, stats = resolver_for(unbound, flag=False, clock=clock, legacy_ttl=4.0)
+    assert await resolver.resolve("short.test") == [V4("192.0.2.11")]
+    assert unbound.queries() == 2  # the stand-in asks A and AAAA like getaddrinfo
+    unbound.replace("short.test.", "short.test. 1 IN A 192.0.2.12")
+    clock.advance(3.0)  # far past the record's 1 s TTL, within the fixed 4 s
+    assert await resolver.resolve("short.test") == [V4("192.0.2.11")]
+    assert unbound.queries() == 2
+    clock.advance(1.1)
+    assert await resolver.resolve("short.test") == [V4("192.0.2.12")]
+    assert unbound.queries() == 4
+    assert stats.legacy.cache_hits == 1 and stats.userspace.upstream_queries == 0
+
+
+async def test_legacy_default_is_30_seconds(unbound, clock):
+    resolver, _ = resolver_for(unbound, flag=False, clock=clock)
+    await resolver.resolve("short.test")
+    clock.advance(29.5)
+    await resolver.resolve("short.test")
+    assert unbound.queries() == 2
+    clock.advance(1)
+    await resolver.resolve("short.test")
+    assert unbound.queries() == 4
+
+
+async def test_legacy_coalesces(unbound):
+    resolver, _ = resolver_for(unbound, flag=False)
+    await asyncio.gather(*(resolver.resolve("busy.test") for _ in range(1000)))
+    assert unbound.queries() == 2
+
+
+# -- the flag flips at runtime ---------------------------------------------------------
+
+
+@pytest.fixture
+async def decide():
+    state = {"flags": {}}
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.json()
+        assert set(body) == {"api_key", "distinct_id"}
+        return web.json_response({"featureFlags": state["flags"], "featureFlagPayloads": {}})
+
+    app = web.Application()
+    app.router.add_post("/decide", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    state["url"] = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/decide"
+    yield state
+    await runner.cleanup()
+
+
+async def test_flag_flips_at_runtime_through_decide(unbound, decide):
+    settings = settings_for(unbound, feature_flags_url=decide["url"], feature_flags_interval=0.1)
+    flags, stats = FeatureFlags(settings), DnsStats()
+    resolver = build_resolver(settings, flags, stats=stats, system_lookup=stub_lookup_via(unbound))
+    runner = asyncio.create_task(flags.run("gateway-under-test"))
+    try:
+        await resolver.resolve("busy.test")
+        assert (stats.legacy.cache_misses, stats.userspace.cache_misses) == (1, 0)
+
+        decide["flags"] = {USERSPACE_DNS_FLAG: True}
+        await eventually(flags.gateway_userspace_dns_a_aaaa_records)
+        before = unbound.queries()
+        await resolver.resolve("busy.test")
+        assert stats.userspace.cache_misses == 1
+        assert unbound.queries() == before + 2  # dnspython asked, no restart needed
+
+        decide["flags"] = {}
+        await eventually(lambda: not flags.gateway_userspace_dns_a_aaaa_records())
+        await resolver.resolve("busy.test")
+        assert stats.legacy.cache_hits == 1  # back on the legacy path and its cache
+    finally:
+        runner.cancel()
+
+
+async def test_env_override_beats_decide(unbound, decide):
+    decide["flags"] = {USERSPACE_DNS_FLAG: True}
+    for override, path in ((False, "legacy"), (True, "userspace")):
+        settings = settings_for(
+            unbound,
+            feature_flags_url=decide["url"],
+            userspace_dns_override=override,
+        )
+        flags, stats = FeatureFlags(settings), DnsStats()
+        await flags.refresh("gw")
+        resolver = build_resolver(settings, flags, stats=stats, system_lookup=stub_lookup_via(unbound))
+        await resolver.resolve("busy.test")
+        assert stats.paths[path].cache_misses == 1
