@@ -37,6 +37,15 @@ _VALUES = {
     "portal_version": "FIREZONE_PORTAL_VERSION",
     "feature_flags_url": "FIREZONE_FEATURE_FLAGS_URL",
     "feature_flags_interval": "FIREZONE_FEATURE_FLAGS_INTERVAL",
+    "feature_flags_api_key": "FIREZONE_FEATURE_FLAGS_API_KEY",
+    "udp_port": "FIREZONE_UDP_PORT",
+    "dns_nameservers": "FIREZONE_DNS_NAMESERVERS",
+    "dns_resolv_conf": "FIREZONE_DNS_RESOLV_CONF",
+    "dns_hosts_file": "FIREZONE_DNS_HOSTS_FILE",
+    "dns_cache_size": "FIREZONE_DNS_CACHE_SIZE",
+    "dns_min_ttl": "FIREZONE_DNS_MIN_TTL",
+    "dns_max_ttl": "FIREZONE_DNS_MAX_TTL",
+    "dns_max_stale": "FIREZONE_DNS_MAX_STALE",
 }
 
 
@@ -66,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--portal-version", help="version announced in the User-Agent (FIREZONE_PORTAL_VERSION, default 1.4.17)")
     add("--feature-flags-url", help="PostHog-compatible /decide URL (FIREZONE_FEATURE_FLAGS_URL)")
     add("--feature-flags-interval", help="seconds between flag fetches (FIREZONE_FEATURE_FLAGS_INTERVAL, default 300)")
+    add("--feature-flags-api-key", help="api_key sent to /decide (FIREZONE_FEATURE_FLAGS_API_KEY)")
+    add("--udp-port", help="WireGuard UDP port (FIREZONE_UDP_PORT, default 52625; ephemeral if taken)")
+    add("--dns-nameservers", help="ip[:port],... instead of resolv.conf's (FIREZONE_DNS_NAMESERVERS)")
+    add("--dns-resolv-conf", help="resolver configuration (FIREZONE_DNS_RESOLV_CONF, default /etc/resolv.conf)")
+    add("--dns-hosts-file", help="hosts file consulted first (FIREZONE_DNS_HOSTS_FILE, default /etc/hosts)")
+    add("--dns-cache-size", help="names kept in the DNS cache (FIREZONE_DNS_CACHE_SIZE, default 10000)")
+    add("--dns-min-ttl", help="lower TTL clamp in seconds (FIREZONE_DNS_MIN_TTL, default 0)")
+    add("--dns-max-ttl", help="upper TTL clamp in seconds (FIREZONE_DNS_MAX_TTL, default 86400)")
+    add("--dns-max-stale", help="oldest stale answer served in seconds (FIREZONE_DNS_MAX_STALE, default 86400)")
     add("-V", "--version", action="version", version=f"{PROG} {__version__}")
     return parser
 

@@ -59,3 +59,14 @@ def test_version_flag(capsys):
         cli.build_parser().parse_args(["--version"])
     assert done.value.code == 0
     assert "firezone-gateway" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("env", "argv", "needle"), [
+    ({}, ["--dns-max-ttl", "abc"], "FIREZONE_DNS_MAX_TTL"),
+    ({}, ["--udp-port", "99999"], "FIREZONE_UDP_PORT"),
+    ({"FZFF_GATEWAY_USERSPACE_DNS_A_AAAA_RECORDS": "maybe"}, [], "FZFF_GATEWAY_USERSPACE_DNS_A_AAAA_RECORDS"),
+    ({"FIREZONE_FEATURE_FLAGS_URL": "ftp://x"}, [], "FIREZONE_FEATURE_FLAGS_URL"),
+])
+def test_data_plane_and_dns_mistakes_exit_2_before_anything_runs(monkeypatch, capsys, env, argv, needle):
+    status, out = run_main(monkeypatch, capsys, {"FIREZONE_TOKEN": "t", "FIREZONE_ID": "x", **env}, argv)
+    assert status == 2 and needle in out.err and out.err.count("\n") == 1
