@@ -156,7 +156,7 @@ def main() -> int:
     net = netlab.NetLab(workdir).up()
     portal = None
     try:
-        portal = DevPortalProc(workdir, host=netlab.NetLab.MGMT_ROOT, gateway_token=LAB_TOKEN)
+        portal = DevPortalProc(workdir, host=net.MGMT_ROOT, gateway_token=LAB_TOKEN)
         print(f"        dev portal: {portal.url} (admin token in {workdir / 'admin-token'})")
         lab = Lab(net, portal)
         lab.client = net.new_client()

@@ -31,7 +31,7 @@ class Lab:
         return self.dns
 
     def start_gateway(self, extra_env: dict[str, str] | None = None) -> Proc:
-        health = f"{netlab.NetLab.MGMT_GATEWAY}:8080"
+        health = f"{self.net.MGMT_GATEWAY}:8080"
         env = base_env() | {
             "FIREZONE_TOKEN": LAB_TOKEN,
             "FIREZONE_ID": "b" * 64,

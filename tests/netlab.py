@@ -4,7 +4,7 @@ Used by the data-plane integration tests, the benchmarks and `make demo`. Every 
 a random tag so that runs never collide; `down()` removes everything `up()` made and stops
 every process the lab started, by PID.
 
-    root ns  198.18.3.1 ──mgmt── 198.18.3.2  gateway ns   (dev portal listens in root ns)
+    root ns  198.18.X.1 ──mgmt── 198.18.X.2  gateway ns   (dev portal listens in root ns; X per lab)
     client   198.18.1.2 ──────── 198.18.1.1  gateway
     gateway  198.18.2.1 ──────── 198.18.2.2  resource (+ .3, .4 as extra resource addresses)
 Addresses come from 198.18.0.0/15 (benchmarking range) and exist only inside these namespaces.
@@ -96,8 +96,9 @@ class NetLab:
     ns: dict[str, str] = field(default_factory=dict)
     _root_link: str | None = None
 
-    MGMT_ROOT = "198.18.3.1"
-    MGMT_GATEWAY = "198.18.3.2"
+    # Set per lab in up() (a subnet derived from the tag), so two labs can run at once.
+    MGMT_ROOT = ""
+    MGMT_GATEWAY = ""
     GATEWAY_OUTER = "198.18.1.1"
     CLIENT_OUTER = "198.18.1.2"
     GATEWAY_INNER = "198.18.2.1"
@@ -112,7 +113,9 @@ class NetLab:
             sh("ip", "netns", "add", name)
             sh("ip", "link", "set", "lo", "up", ns=name)
         gw, cl, rs = self.ns["gateway"], self.ns["client"], self.ns["resource"]
-        self._veth(f"fm{t}r", None, "198.18.3.1/24", None, f"fm{t}g", gw, "198.18.3.2/24", None)
+        subnet = 128 + int(t, 16) % 120
+        self.MGMT_ROOT, self.MGMT_GATEWAY = f"198.18.{subnet}.1", f"198.18.{subnet}.2"
+        self._veth(f"fm{t}r", None, f"{self.MGMT_ROOT}/30", None, f"fm{t}g", gw, f"{self.MGMT_GATEWAY}/30", None)
         self._root_link = f"fm{t}r"
         self._veth(f"fc{t}c", cl, "198.18.1.2/24", "fd42:1::2/64", f"fc{t}g", gw, "198.18.1.1/24", "fd42:1::1/64")
         self._veth(f"fr{t}g", gw, "198.18.2.1/24", "fd42:2::1/64", f"fr{t}s", rs, "198.18.2.2/24", "fd42:2::2/64")

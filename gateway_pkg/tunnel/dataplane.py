@@ -30,6 +30,7 @@ from gateway_pkg.errors import RuntimeFailure
 from gateway_pkg.portal import messages
 from gateway_pkg.resources import DnsResource
 from gateway_pkg.tunnel import metrics, p2p_control
+from gateway_pkg.tunnel.metrics import TRAFFIC as traffic
 from gateway_pkg.tunnel.policy import Action, ClientPolicy, TunAddresses
 from gateway_pkg.tunnel.tun import TunDevice
 from gateway_pkg.tunnel.udp import DEFAULT_PORT, bind_pair
@@ -322,6 +323,7 @@ class TunnelDataPlane:
         now = self._clock()
         wall = self._wall()
         buffer = self._recv_buffer
+        view = memoryview(buffer)
         for _ in range(BATCH):
             try:
                 size, source = sock.recvfrom_into(buffer)
@@ -332,7 +334,7 @@ class TunnelDataPlane:
                     continue
                 log.warning("UDP receive failed: %s", exc)
                 break
-            out = self.wg.receive_datagram(bytes(buffer[:size]), (source[0], source[1]), now)
+            out = self.wg.receive_datagram(bytes(view[:size]), source, now)
             if out.datagrams:
                 self._send_datagrams(out.datagrams)
             if out.events:
@@ -360,8 +362,8 @@ class TunnelDataPlane:
                 metrics.DROPPED.labels("tun_error").inc()
                 log.debug("TUN write failed: %s", exc)
                 return
-            metrics.PACKETS.labels("in").inc()
-            metrics.BYTES.labels("in").inc(len(data))
+            traffic.packets_in += 1
+            traffic.bytes_in += len(data)
             return
         metrics.DROPPED.labels(verdict.reason or "policy").inc()
         if verdict.action == Action.REPLY and verdict.reply is not None:
@@ -412,8 +414,8 @@ class TunnelDataPlane:
             data = packet if verdict.packet is None else bytes(verdict.packet)
             out = self.wg.send_packet(client.public_key, data, now)
             if out.datagrams:
-                metrics.PACKETS.labels("out").inc()
-                metrics.BYTES.labels("out").inc(len(data))
+                traffic.packets_out += 1
+                traffic.bytes_out += len(data)
             self._send_output(out)
 
     def _send_output(self, out: DeviceOutput) -> None:

@@ -23,7 +23,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     portal = None
     the_lab: Lab | None = None
     try:
-        portal = DevPortalProc(tmp_path, host=netlab.NetLab.MGMT_ROOT, gateway_token=LAB_TOKEN)
+        portal = DevPortalProc(tmp_path, host=net.MGMT_ROOT, gateway_token=LAB_TOKEN)
         the_lab = Lab(net, portal)
         the_lab.client = net.new_client()
         the_lab.client.start()
