@@ -30,7 +30,11 @@ COOKIE_NONCE_LEN = 24
 def source_bytes(source: tuple[str, int]) -> bytes:
     """The address a cookie is bound to: packed IP then big-endian port."""
     host = source[0].split("%", 1)[0]  # drop an IPv6 zone id
-    return ipaddress.ip_address(host).packed + (source[1] & 0xFFFF).to_bytes(2, "big")
+    try:
+        packed = ipaddress.ip_address(host).packed
+    except ValueError:  # not numeric (only in tests); still a stable, distinct binding
+        packed = host.encode("utf-8", "surrogateescape")
+    return packed + (source[1] & 0xFFFF).to_bytes(2, "big")
 
 
 class CookieChecker:

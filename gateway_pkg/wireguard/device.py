@@ -8,10 +8,10 @@ reads a clock, so the whole protocol, timers included, runs in unit tests.
 from __future__ import annotations
 
 import os
-import struct
+import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from cryptography.exceptions import InvalidTag
 
@@ -20,6 +20,7 @@ from .cookie import CookieChecker, CookieGenerator
 from .events import (
     DROP_COOKIE,
     DROP_COOKIE_REQUIRED,
+    DROP_DECRYPT,
     DROP_EXPIRED,
     DROP_HANDSHAKE_TIMEOUT,
     DROP_INNER_MALFORMED,
@@ -71,8 +72,6 @@ from .timers import PeerTimers, TimerConfig
 # Firezone configures boringtun's handshake rate limiter with 100 handshakes per second;
 # without an `under_load` callable the device considers itself loaded above that rate.
 DEFAULT_HANDSHAKES_PER_SECOND = 100
-
-_IPV4_TOTAL_LENGTH = struct.Struct(">H")
 
 
 class _PendingHandshake:
@@ -173,6 +172,7 @@ class WireGuardDevice:
         self._under_load = under_load
         self._load_meter = _HandshakeLoadMeter(DEFAULT_HANDSHAKES_PER_SECOND)
         self._rng = rng
+        self._jitter_source: random.Random | None = None
         # Wall time feeds only the TAI64N timestamp inside initiations (replay protection
         # at the responder must survive our restarts, so it cannot be monotonic).
         self._wall_clock = wall_clock
@@ -242,7 +242,7 @@ class WireGuardDevice:
         """The earliest time `tick` has work to do, so an event loop can sleep until then."""
         deadlines = [d for p in self._peers.values() if (d := p.timers.next_deadline())]
         expiries = [
-            p.current.created + self._config.reject_after_time
+            p.current.expires_at
             for p in self._peers.values()
             if p.current is not None and not p.current.expiry_reported
         ]
@@ -254,40 +254,49 @@ class WireGuardDevice:
     def send_packet(self, public_key: bytes, ip_packet: bytes, now: float) -> DeviceOutput:
         """Encrypt an IP packet to a peer, or queue it and start a handshake as initiator."""
         out = DeviceOutput()
+        self._send(public_key, ip_packet, now, out)
+        return out
+
+    def send_packets(self, public_key: bytes, ip_packets: Iterable[bytes], now: float) -> DeviceOutput:
+        """Several packets to one peer into one output, in order (e.g. a TUN read batch)."""
+        out = DeviceOutput()
+        for ip_packet in ip_packets:
+            self._send(public_key, ip_packet, now, out)
+        return out
+
+    def _send(self, public_key: bytes, ip_packet: bytes, now: float, out: DeviceOutput) -> None:
         peer = self._peers.get(public_key)
         if peer is None:
             out.events.append(Dropped(DROP_UNKNOWN_PEER))
-            return out
+            return
         if peer.endpoint is None:
             out.events.append(Dropped(DROP_NO_ENDPOINT, public_key))
-            return out
+            return
         keypair = peer.current
         if keypair is None or not self._can_send(keypair, now):
             if len(peer.staged) == peer.staged.maxlen:
                 out.events.append(Dropped(DROP_QUEUE_FULL, public_key))
-            peer.staged.append(ip_packet)
+            # Copy: the caller may hand us a view into a receive buffer it will reuse.
+            peer.staged.append(bytes(ip_packet))
             self._initiate_handshake(peer, now, out, retry=False)
-            return out
+            return
         self._send_transport(peer, keypair, ip_packet, now, out)
-        return out
 
     def _can_send(self, keypair: Keypair, now: float) -> bool:
         cfg = self._config
-        return keypair.send_counter < cfg.reject_after_messages and now - keypair.created < cfg.reject_after_time
+        return keypair.send_counter < cfg.reject_after_messages and now < keypair.expires_at
 
     def _send_transport(self, peer: _Peer, keypair: Keypair, ip_packet: bytes, now: float, out: DeviceOutput) -> None:
         assert peer.endpoint is not None
-        # A bytearray is a bytes-like datagram; converting it would copy every packet.
         out.datagrams.append((keypair.encrypt(ip_packet), peer.endpoint))
         timers = peer.timers
         # Data expects an answer; if none comes, the session may be dead on the other side.
         if ip_packet and timers.new_handshake is None:
             timers.new_handshake = now + self._config.keepalive_timeout + self._config.rekey_timeout + self._jitter()
         self._authenticated_packet_sent(peer, now)
-        cfg = self._config
-        if keypair.is_initiator and (
-            keypair.send_counter >= cfg.rekey_after_messages or now - keypair.created >= cfg.rekey_after_time
-        ):
+        # The message-count rule applies to both roles (whitepaper §6.2), the time rule is
+        # role-dependent and precomputed on the keypair.
+        if now >= keypair.rekey_on_send_at or keypair.send_counter >= self._config.rekey_after_messages:
             self._initiate_handshake(peer, now, out, retry=False)
 
     def _authenticated_packet_sent(self, peer: _Peer, now: float) -> None:
@@ -316,7 +325,11 @@ class WireGuardDevice:
             self._send_transport(peer, keypair, peer.staged.popleft(), now, out)
 
     def _jitter(self) -> float:
-        return int.from_bytes(self._rng(2), "little") / 0xFFFF * self._config.rekey_timeout_jitter_max
+        # Jitter only de-synchronises timers; it needs no secrecy, and os.urandom's syscall
+        # would be paid on every request/response packet. Seeded from rng for reproducibility.
+        if self._jitter_source is None:
+            self._jitter_source = random.Random(self._rng(16))  # noqa: S311
+        return self._jitter_source.random() * self._config.rekey_timeout_jitter_max
 
     def _new_index(self) -> int:
         while True:
@@ -436,7 +449,8 @@ class WireGuardDevice:
             is_initiator=False,
             created=now,
             peer_public_key=peer.public_key,
-            reject_after_messages=self._config.reject_after_messages,
+            owner=peer,
+            config=self._config,
         )
         # The responder may not send with a new session until the initiator confirms it,
         # so it waits in `next`; an older unconfirmed one is superseded.
@@ -491,7 +505,8 @@ class WireGuardDevice:
             is_initiator=True,
             created=now,
             peer_public_key=peer.public_key,
-            reject_after_messages=self._config.reject_after_messages,
+            owner=peer,
+            config=self._config,
         )
         peer.handshake = None
         self._index_table[keypair.local_index] = keypair
@@ -544,12 +559,26 @@ class WireGuardDevice:
     def receive_datagram(self, data: bytes, source: Endpoint, now: float) -> DeviceOutput:
         """Process one UDP datagram. Never raises on bad input: it reports Dropped."""
         out = DeviceOutput()
+        self._receive(data, source, now, out)
+        return out
+
+    def receive_datagrams(self, datagrams: Iterable[tuple[bytes, Endpoint]], now: float) -> DeviceOutput:
+        """A batch (e.g. from recvmmsg) into one output, in order; saves an output per packet."""
+        out = DeviceOutput()
+        receive = self._receive
+        for data, source in datagrams:
+            receive(data, source, now, out)
+        return out
+
+    def _receive(self, data: bytes, source: Endpoint, now: float, out: DeviceOutput) -> None:
         # Transport data is by far the most common message: test for it before anything else.
         if len(data) >= TRANSPORT_MIN_LEN and data[0] == MESSAGE_TRANSPORT_DATA:
             kind, receiver_index, counter = TRANSPORT_HEADER.unpack_from(data)
             if kind == MESSAGE_TRANSPORT_DATA:
                 self._receive_transport(data, receiver_index, counter, source, now, out)
-                return out
+                return
+        # Handshake messages are rare: one copy lets callers pass views of reused buffers.
+        data = bytes(data)
         try:
             kind = message_type(data)
             if kind == MESSAGE_HANDSHAKE_INITIATION:
@@ -562,7 +591,6 @@ class WireGuardDevice:
                 out.events.append(Dropped(DROP_MALFORMED))
         except MalformedMessage:
             out.events.append(Dropped(DROP_MALFORMED))
-        return out
 
     def _receive_transport(
         self,
@@ -573,60 +601,65 @@ class WireGuardDevice:
         now: float,
         out: DeviceOutput,
     ) -> None:
+        # The hot path: every check is one comparison against a precomputed value.
         keypair = self._index_table.get(receiver_index)
-        if not isinstance(keypair, Keypair):
+        if keypair.__class__ is not Keypair:
             out.events.append(Dropped(DROP_UNKNOWN_INDEX))
             return
-        peer_key = keypair.peer_public_key
-        cfg = self._config
-        if now - keypair.created >= cfg.reject_after_time:
-            out.events.append(Dropped(DROP_EXPIRED, peer_key))
+        assert isinstance(keypair, Keypair)
+        if now >= keypair.expires_at:
+            out.events.append(Dropped(DROP_EXPIRED, keypair.peer_public_key))
+            # The peer still uses a session we no longer accept: offer it a new one now
+            # rather than waiting for its own timers (rate limited to one per REKEY_TIMEOUT).
+            owner: _Peer = keypair.owner  # type: ignore[assignment]
+            self._initiate_handshake(owner, now, out, retry=False)
             return
         replay = keypair.replay
         if not replay.check(counter):
-            reason = DROP_EXPIRED if counter >= cfg.reject_after_messages else DROP_REPLAY
-            out.events.append(Dropped(reason, peer_key))
+            reason = DROP_EXPIRED if counter >= self._config.reject_after_messages else DROP_REPLAY
+            out.events.append(Dropped(reason, keypair.peer_public_key))
             return
         try:
-            plaintext = keypair.decrypt(data)
+            plaintext = keypair.decrypt(data, counter)
         except InvalidTag:
-            out.events.append(Dropped("decrypt", peer_key))
+            out.events.append(Dropped(DROP_DECRYPT, keypair.peer_public_key))
             return
         if not replay.record(counter):
-            out.events.append(Dropped(DROP_REPLAY, peer_key))
+            out.events.append(Dropped(DROP_REPLAY, keypair.peer_public_key))
             return
-        peer = self._peers[peer_key]
+        peer: _Peer = keypair.owner  # type: ignore[assignment]
         # Roaming: the latest authenticated packet decides where we answer.
         peer.endpoint = source
         if keypair is peer.next:
-            self._drop_keypair(peer.previous)
-            peer.previous = peer.current
-            peer.current = keypair
-            peer.next = None
-            out.events.append(HandshakeCompleted(peer_key, initiator=False))
-            self._flush_staged(peer, now, out)
+            self._confirm_session(peer, keypair, now, out)
         timers = peer.timers
         timers.new_handshake = None
-        self._authenticated_packet_traversal(peer, now)
-        if (
-            keypair.is_initiator
-            and keypair is peer.current
-            and now - keypair.created >= cfg.reject_after_time - cfg.keepalive_timeout - cfg.rekey_timeout
-        ):
-            # Only receiving traffic: rekey before the session dies under the responder.
+        if peer.persistent_keepalive:
+            timers.persistent_keepalive = now + peer.persistent_keepalive
+        if now >= keypair.rekey_on_receive_at and keypair is peer.current:
+            # Rekey before the session dies even if we only receive on it (see Keypair).
             self._initiate_handshake(peer, now, out, retry=False)
         if not plaintext:
             return  # keepalive
         # Passive keepalive: if we have nothing to say within KEEPALIVE_TIMEOUT, say that.
         if timers.send_keepalive is None:
-            timers.send_keepalive = now + cfg.keepalive_timeout
+            timers.send_keepalive = now + self._config.keepalive_timeout
         else:
             timers.need_another_keepalive = True
         packet = _trim_ip_packet(plaintext)
         if packet is None:
-            out.events.append(Dropped(DROP_INNER_MALFORMED, peer_key))
+            out.events.append(Dropped(DROP_INNER_MALFORMED, peer.public_key))
             return
-        out.packets.append((peer_key, packet))
+        out.packets.append((peer.public_key, packet))
+
+    def _confirm_session(self, peer: _Peer, keypair: Keypair, now: float, out: DeviceOutput) -> None:
+        """The initiator's first transport message makes the responder's new session current."""
+        self._drop_keypair(peer.previous)
+        peer.previous = peer.current
+        peer.current = keypair
+        peer.next = None
+        out.events.append(HandshakeCompleted(peer.public_key, initiator=False))
+        self._flush_staged(peer, now, out)
 
     # ----------------------------------------------------------------- timers
 
@@ -654,7 +687,7 @@ class WireGuardDevice:
                 if peer.persistent_keepalive:
                     self._send_keepalive(peer, now, out)
             current = peer.current
-            if current is not None and not current.expiry_reported and now - current.created >= cfg.reject_after_time:
+            if current is not None and not current.expiry_reported and now >= current.expires_at:
                 current.expiry_reported = True
                 out.events.append(PeerSessionExpired(peer.public_key))
             if timers.zero_key_material is not None and timers.zero_key_material <= now:
@@ -696,14 +729,17 @@ class WireGuardDevice:
 
 def _trim_ip_packet(plaintext: bytes) -> bytes | None:
     """Strip WireGuard's zero padding using the IP header's own length."""
+    size = len(plaintext)
     version = plaintext[0] >> 4
-    if version == 4 and len(plaintext) >= 20:
-        (length,) = _IPV4_TOTAL_LENGTH.unpack_from(plaintext, 2)
-    elif version == 6 and len(plaintext) >= 40:
-        (payload,) = _IPV4_TOTAL_LENGTH.unpack_from(plaintext, 4)
-        length = 40 + payload
+    # Byte indexing instead of struct: this runs for every received packet.
+    if version == 4 and size >= 20:
+        length = plaintext[2] << 8 | plaintext[3]
+        if length < 20:
+            return None
+    elif version == 6 and size >= 40:
+        length = 40 + (plaintext[4] << 8 | plaintext[5])
     else:
         return None
-    if length > len(plaintext) or length < (20 if version == 4 else 40):
-        return None
-    return plaintext if length == len(plaintext) else plaintext[:length]
+    if length == size:
+        return plaintext
+    return plaintext[:length] if length < size else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 Endpoint = tuple[str, int]
 
@@ -75,11 +75,24 @@ class Dropped:
 WireGuardEvent = HandshakeCompleted | HandshakeFailed | PeerSessionExpired | Dropped
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class DeviceOutput:
-    datagrams: list[tuple[bytes, Endpoint]] = field(default_factory=list)
-    packets: list[tuple[bytes, bytes]] = field(default_factory=list)
-    events: list[WireGuardEvent] = field(default_factory=list)
+    """Everything one call produced. Built for every packet, so its __init__ is hand-written:
+    dataclass default factories cost about twice as much on the hot path."""
+
+    datagrams: list[tuple[bytes, Endpoint]]  # (datagram, UDP destination)
+    packets: list[tuple[bytes, bytes]]  # (peer public key, decrypted IP packet) for the TUN
+    events: list[WireGuardEvent]
+
+    def __init__(
+        self,
+        datagrams: list[tuple[bytes, Endpoint]] | None = None,
+        packets: list[tuple[bytes, bytes]] | None = None,
+        events: list[WireGuardEvent] | None = None,
+    ) -> None:
+        self.datagrams = [] if datagrams is None else datagrams
+        self.packets = [] if packets is None else packets
+        self.events = [] if events is None else events
 
     def extend(self, other: DeviceOutput) -> None:
         self.datagrams.extend(other.datagrams)

@@ -43,7 +43,7 @@ def message_type(data: bytes) -> int:
     """The message type, or MalformedMessage if the datagram cannot be any WireGuard message."""
     if len(data) < 4:
         raise MalformedMessage("shorter than the 4-byte type field")
-    (value,) = _TYPE.unpack_from(data)
+    value = int(_TYPE.unpack_from(data)[0])
     if value == MESSAGE_HANDSHAKE_INITIATION:
         if len(data) != HANDSHAKE_INITIATION_LEN:
             raise MalformedMessage("handshake initiation must be 148 bytes")

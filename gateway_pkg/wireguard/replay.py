@@ -41,13 +41,15 @@ class ReplayWindow:
             return False
         blocks = self._blocks
         block = counter >> _BLOCK_SHIFT
-        if counter > self._greatest:
-            current = self._greatest >> _BLOCK_SHIFT
-            # Clear the blocks the window slides over; a jump past the ring clears it all.
-            for i in range(current + 1, current + 1 + min(block - current, RING_BLOCKS)):
-                blocks[i & _RING_MASK] = 0
+        greatest = self._greatest
+        if counter > greatest:
+            current = greatest >> _BLOCK_SHIFT
+            if block != current:
+                # Clear the blocks the window slides over; a jump past the ring clears it all.
+                for i in range(current + 1, current + 1 + min(block - current, RING_BLOCKS)):
+                    blocks[i & _RING_MASK] = 0
             self._greatest = counter
-        elif self._greatest - counter >= WINDOW_SIZE:
+        elif greatest - counter >= WINDOW_SIZE:
             return False
         index = block & _RING_MASK
         bit = 1 << (counter & _BIT_MASK)

@@ -11,6 +11,9 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from .device import WireGuardDevice
+from .keys import public_key
+
 ICMP_ECHO_REPLY = 0
 ICMP_ECHO_REQUEST = 8
 _IPV4_HEADER = struct.Struct(">BBHHHBBH4s4s")
@@ -20,7 +23,7 @@ _ICMP_ECHO = struct.Struct(">BBHHH")
 def internet_checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\x00"
-    total = sum(struct.unpack(f">{len(data) // 2}H", data))
+    total = int(sum(struct.unpack(f">{len(data) // 2}H", data)))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -112,3 +115,28 @@ class SeededRng:
     def __call__(self, n: int) -> bytes:
         self._calls += 1
         return hashlib.shake_256(self._seed + self._calls.to_bytes(8, "little")).digest(n)
+
+
+# A known-answer handshake initiation: fixed keys, rng and wall clock. The unit tests pin its
+# bytes; the interop test sends exactly these bytes to wireguard-go, which must accept them.
+VECTOR_INITIATOR_PRIVATE = bytes.fromhex("c8d5a95c5d6a7f1d2b0e3e4a0f3b2c1d4e5f60718293a4b5c6d7e8f90a1b2c5d")
+VECTOR_RESPONDER_PRIVATE = bytes.fromhex("e0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddee7f")
+VECTOR_PRESHARED_KEY = bytes.fromhex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
+VECTOR_RNG_SEED = b"firezone-gateway-py wireguard vector"
+VECTOR_WALL_CLOCK = 1_700_000_000.25
+VECTOR_RESPONDER_ENDPOINT = ("192.0.2.1", 51820)
+
+
+def vector_initiator() -> tuple[WireGuardDevice, bytes]:
+    """The initiator device of the known-answer vector and the initiation it sends first."""
+    device = WireGuardDevice(
+        VECTOR_INITIATOR_PRIVATE,
+        rng=SeededRng(VECTOR_RNG_SEED),
+        wall_clock=lambda: VECTOR_WALL_CLOCK,
+        under_load=lambda: False,
+    )
+    responder = public_key(VECTOR_RESPONDER_PRIVATE)
+    device.add_peer(responder, VECTOR_PRESHARED_KEY)
+    device.set_peer_endpoint(responder, VECTOR_RESPONDER_ENDPOINT)
+    out = device.initiate_handshake(responder, 0.0)
+    return device, bytes(out.datagrams[0][0])
