@@ -34,6 +34,7 @@ from gateway_pkg.tunnel.metrics import TRAFFIC as traffic
 from gateway_pkg.tunnel.policy import Action, ClientPolicy, TunAddresses
 from gateway_pkg.tunnel.tun import TunDevice
 from gateway_pkg.tunnel.udp import DEFAULT_PORT, bind_pair
+from gateway_pkg.tunnel.writer import BatchWriter
 from gateway_pkg.wireguard.device import WireGuardDevice
 from gateway_pkg.wireguard.events import DeviceOutput, Dropped, HandshakeCompleted
 from gateway_pkg.wireguard.timers import TimerConfig
@@ -86,6 +87,10 @@ class TunnelDataPlane:
         self._portal: PortalSender | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._recv_buffer = bytearray(MAX_DATAGRAM)
+        self._tun_writer: BatchWriter[bytes] | None = None
+        self._udp_writer: BatchWriter[tuple[bytes, tuple[str, int]]] | None = None
+        self._to_tun: list[bytes] = []
+        self._to_udp: list[tuple[bytes, tuple[str, int]]] = []
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -106,6 +111,8 @@ class TunnelDataPlane:
         except RuntimeFailure:
             await asyncio.to_thread(self.tun.close)
             raise
+        self._tun_writer = BatchWriter("tun-writer", self._write_tun)
+        self._udp_writer = BatchWriter("udp-writer", self._send_one)
         self._loop.add_reader(self.tun.fd, self._on_tun_readable)
         for sock in self._sockets.values():
             self._loop.add_reader(sock.fileno(), self._on_udp_readable, sock)
@@ -133,6 +140,9 @@ class TunnelDataPlane:
             for sock in self._sockets.values():
                 with contextlib.suppress(ValueError, OSError):
                     self._loop.remove_reader(sock.fileno())
+        for writer in (self._tun_writer, self._udp_writer):
+            if writer is not None:
+                await asyncio.to_thread(writer.close)
         for sock in self._sockets.values():
             sock.close()
         self._sockets = {}
@@ -336,11 +346,33 @@ class TunnelDataPlane:
                 break
             out = self.wg.receive_datagram(bytes(view[:size]), source, now)
             if out.datagrams:
-                self._send_datagrams(out.datagrams)
+                self._to_udp.extend(out.datagrams)
             if out.events:
                 self._count_events(out)
             for peer, packet in out.packets:
                 self._from_client(peer, packet, now, wall)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Hand the batch's writes to the worker threads (in order, per destination)."""
+        if self._to_tun:
+            assert self._tun_writer is not None
+            self._tun_writer.submit(self._to_tun)
+            self._to_tun = []
+        if self._to_udp:
+            assert self._udp_writer is not None
+            self._udp_writer.submit(self._to_udp)
+            self._to_udp = []
+
+    def _write_tun(self, data: bytes) -> None:
+        """Runs on the tun-writer thread."""
+        try:
+            os.write(self.tun.fd, data)
+        except BlockingIOError:
+            metrics.DROPPED.labels("tun_full").inc()
+        except OSError as exc:
+            metrics.DROPPED.labels("tun_error").inc()
+            log.debug("TUN write failed: %s", exc)
 
     def _from_client(self, peer: bytes, packet: bytes, now: float, wall: float) -> None:
         client = self._by_key.get(peer)
@@ -352,16 +384,8 @@ class TunnelDataPlane:
             return
         verdict = client.policy.check_outbound(packet, wall)
         if verdict.action == Action.FORWARD:
-            data = packet if verdict.packet is None else verdict.packet
-            try:
-                os.write(self.tun.fd, data)
-            except BlockingIOError:
-                metrics.DROPPED.labels("tun_full").inc()
-                return
-            except OSError as exc:
-                metrics.DROPPED.labels("tun_error").inc()
-                log.debug("TUN write failed: %s", exc)
-                return
+            data = packet if verdict.packet is None else bytes(verdict.packet)
+            self._to_tun.append(data)
             traffic.packets_in += 1
             traffic.bytes_in += len(data)
             return
@@ -416,28 +440,34 @@ class TunnelDataPlane:
             if out.datagrams:
                 traffic.packets_out += 1
                 traffic.bytes_out += len(data)
-            self._send_output(out)
+                self._to_udp.extend(out.datagrams)
+            if out.events:
+                self._count_events(out)
+        self._flush()
 
     def _send_output(self, out: DeviceOutput) -> None:
+        """Outside the packet loops (timers, portal messages): send at once."""
         if out.datagrams:
-            self._send_datagrams(out.datagrams)
+            self._to_udp.extend(out.datagrams)
+            self._flush()
         if out.events:
             self._count_events(out)
 
-    def _send_datagrams(self, datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
-        for data, endpoint in datagrams:
-            family = socket.AF_INET6 if ":" in endpoint[0] else socket.AF_INET
-            sock = self._sockets.get(family)
-            if sock is None:
-                metrics.DROPPED.labels("no_socket").inc()
-                continue
-            try:
-                sock.sendto(data, endpoint)
-            except BlockingIOError:
-                metrics.DROPPED.labels("udp_full").inc()
-            except OSError as exc:
-                metrics.DROPPED.labels("udp_error").inc()
-                log.debug("UDP send to %s failed: %s", endpoint, exc)
+    def _send_one(self, item: tuple[bytes, tuple[str, int]]) -> None:
+        """Runs on the udp-writer thread."""
+        data, endpoint = item
+        family = socket.AF_INET6 if ":" in endpoint[0] else socket.AF_INET
+        sock = self._sockets.get(family)
+        if sock is None:
+            metrics.DROPPED.labels("no_socket").inc()
+            return
+        try:
+            sock.sendto(data, endpoint)
+        except BlockingIOError:
+            metrics.DROPPED.labels("udp_full").inc()
+        except OSError as exc:
+            metrics.DROPPED.labels("udp_error").inc()
+            log.debug("UDP send to %s failed: %s", endpoint, exc)
 
     def _count_events(self, out: DeviceOutput) -> None:
         for event in out.events:
