@@ -101,7 +101,7 @@ def test_rekey_keeps_traffic_flowing(lab):
     flow = lab.authorize({"type": "cidr", "address": "198.18.2.0/24"})
     lab.connect_client(flow, ["198.18.2.0/24"])
     assert wait_for(lambda: ping(lab, NetLab.RESOURCE), 10, "first ping")
-    code, out = lab.client_sh("ping", "-c", "50", "-i", "0.2", "-W", "1", NetLab.RESOURCE, timeout=30)
+    _, out = lab.client_sh("ping", "-c", "50", "-i", "0.2", "-W", "1", NetLab.RESOURCE, timeout=30)
     received = int(out.split(" received")[0].rsplit(" ", 1)[1])
     assert received >= 47, out  # at most a few lost while a handshake completes
     assert metric(lab, "firezone_gateway_wireguard_handshakes_total") >= 3
