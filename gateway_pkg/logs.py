@@ -31,6 +31,9 @@ _LEVEL_NAMES = {
 _QUERY_SECRET = re.compile(r"(?i)(token=)[^&\s\"']+")
 _HEADER_SECRET = re.compile(r"(?i)((?:x-authorization|authorization):\s*)(?:Bearer\s+)?\S+")
 REDACTED = "<redacted>"
+# Literal replacement of a very short secret would mangle ordinary words in every line; such
+# a value is still scrubbed where it matters, in URL queries and auth headers, by pattern.
+MIN_LITERAL_SECRET = 8
 
 
 class SecretScrubber(logging.Filter):
@@ -38,10 +41,10 @@ class SecretScrubber(logging.Filter):
 
     def __init__(self, secrets: list[str] | None = None) -> None:
         super().__init__()
-        self._secrets = [s for s in (secrets or []) if s]
+        self._secrets = [s for s in (secrets or []) if len(s) >= MIN_LITERAL_SECRET]
 
     def add_secret(self, secret: str) -> None:
-        if secret:
+        if len(secret) >= MIN_LITERAL_SECRET:
             self._secrets.append(secret)
 
     def scrub(self, text: str) -> str:

@@ -55,3 +55,8 @@ def test_json_format():
     doc = json.loads(stream.getvalue())
     assert doc["level"] == "INFO" and doc["message"] == "hello" and doc["k"] == "1"
     logging.getLogger().handlers.clear()
+
+
+def test_short_secret_does_not_mangle_lines_but_url_is_still_scrubbed():
+    scrubber = logs.SecretScrubber(["x"])
+    assert scrubber.scrub("external_id=y&token=x") == "external_id=y&token=<redacted>"
