@@ -30,6 +30,11 @@ class CorePeer:
         self.sock.bind((bind_address, 0))
         self.gateway: bytes | None = None
         self.received: list[bytes] = []
+        self.sent: list[bytes] = []  # every datagram, so tests can replay one
+
+    def _sendto(self, data: bytes, endpoint: tuple[str, int]) -> None:
+        self.sent.append(data)
+        self.sock.sendto(data, endpoint)
 
     def flow_client(self) -> dict[str, str]:
         return {"public_key": keys.key_to_base64(self.public_key),
@@ -44,7 +49,7 @@ class CorePeer:
         assert self.gateway is not None
         out = self.device.send_packet(self.gateway, packet, time.monotonic())
         for data, endpoint in out.datagrams:
-            self.sock.sendto(data, endpoint)
+            self._sendto(data, endpoint)
 
     def pump(self, until: Callable[[bytes], bool], timeout: float) -> bytes | None:
         """Drive the device until a decrypted packet satisfies `until`; None on timeout."""
@@ -58,7 +63,7 @@ class CorePeer:
                 outputs.append(self.device.receive_datagram(data, source, now))
             for out in outputs:
                 for data, endpoint in out.datagrams:
-                    self.sock.sendto(data, endpoint)
+                    self._sendto(data, endpoint)
                 for _peer, packet in out.packets:
                     self.received.append(packet)
                     if until(packet):

@@ -134,3 +134,32 @@ def test_bad_datagrams_are_dropped_and_counted(lab):
     assert metric(lab, 'firezone_gateway_dropped_packets_total{reason="malformed"}') >= 20
     assert metric(lab, 'firezone_gateway_dropped_packets_total{reason="unknown_index"}') >= 20
     assert lab.gateway.running() and ping(lab, NetLab.RESOURCE)
+
+
+def test_replayed_and_wrong_key_datagrams_are_dropped_and_counted(lab):
+    from gateway_pkg.tunnel.packet import IpPacket, build_icmp_echo
+    from tests.wgpeer import CorePeer
+
+    lab.start_gateway()
+    peer = CorePeer(lab.net.ns["client"], NetLab.CLIENT_OUTER)
+    stranger = CorePeer(lab.net.ns["client"], NetLab.CLIENT_OUTER, ipv4="100.64.0.10")
+    try:
+        flow = lab.authorize({"type": "cidr", "address": "198.18.2.0/24"}, client=peer)
+        endpoint = (NetLab.GATEWAY_OUTER, flow["gateway"]["port"])
+        peer.connect(flow["gateway"]["public_key"], endpoint)
+        peer.send(build_icmp_echo(peer.ipv4, NetLab.RESOURCE, 7, 1, b"x"))
+        assert peer.pump(lambda p: IpPacket(p).icmp_type == 0, 10) is not None
+        transport = [d for d in peer.sent if d[0] == 4 and len(d) > 32]
+        for _ in range(5):  # the captured echo request, again and again
+            peer.sock.sendto(transport[-1], endpoint)
+        wait_for(lambda: metric(lab, 'firezone_gateway_dropped_packets_total{reason="replay"}') >= 5, 5, "replays")
+
+        # A client the portal never authorized: its handshake is refused (its key is unknown).
+        stranger.connect(flow["gateway"]["public_key"], endpoint)
+        stranger.send(build_icmp_echo(stranger.ipv4, NetLab.RESOURCE, 8, 1, b"x"))
+        assert stranger.pump(lambda p: True, 2) is None
+        assert metric(lab, 'firezone_gateway_dropped_packets_total{reason="unknown_peer"}') >= 1
+        assert lab.gateway.running()
+    finally:
+        peer.close()
+        stranger.close()
