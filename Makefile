@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test unit lint bench e2e deps venv wheelhouse clean help
+.PHONY: demo test unit lint lint-python lint-ansible bench e2e deps venv wheelhouse docs-ansible clean help
 
 help:
 	@echo "make demo   - dev portal + gateway + WireGuard client in network namespaces, end to end"
@@ -35,9 +35,28 @@ unit: venv
 test: deps venv
 	@$(BIN)/pytest -q -m "" $(PYTEST_ARGS)
 
-lint: venv
-	@$(BIN)/ruff check gateway_pkg tests bench scripts
+lint: lint-python lint-ansible
+
+lint-python: venv
+	@$(BIN)/ruff check gateway_pkg tests bench scripts tools
 	@$(BIN)/mypy gateway_pkg
+
+# ansible-lint (production profile), yamllint, defaults vs argument_specs, the generated
+# variable table, a syntax check of every playbook, shellcheck of the shell tools.
+lint-ansible: venv
+	@$(BIN)/yamllint -s roles playbooks .yamllint .ansible-lint
+	@PATH=$(abspath $(BIN)):$$PATH $(BIN)/ansible-lint -q --profile production roles playbooks
+	@$(BIN)/python tools/check_argument_specs.py
+	@$(BIN)/python tools/gen_role_docs.py --check
+	@for p in playbooks/*.yml; do $(BIN)/ansible-playbook -i inventory.example --syntax-check $$p >/dev/null || exit 1; done
+	@if command -v shellcheck >/dev/null; then shellcheck tools/*.sh scripts/*.sh; else echo "shellcheck not installed (make deps)"; fi
+
+# Wheels of the package and its dependencies, with SHA256SUMS, for the role's offline install.
+wheelhouse: venv
+	@tools/build_wheelhouse.sh dist/wheelhouse
+
+docs-ansible: venv
+	@$(BIN)/python tools/gen_role_docs.py
 
 bench: deps venv
 	@for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
