@@ -3,7 +3,7 @@
 
 Writes one Markdown table per role between the markers
     <!-- BEGIN GENERATED VARIABLES: <role> -->  and  <!-- END GENERATED VARIABLES: <role> -->
-in the target document (default docs/ansible.md). With --check it changes nothing and exits 1
+in the target document (default README.md). With --check it changes nothing and exits 1
 if the document is out of date (for `make lint`).
 """
 
@@ -78,7 +78,7 @@ def render(document: str, roles: list[Path]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--doc", type=Path, default=Path("docs/ansible.md"))
+    parser.add_argument("--doc", type=Path, default=Path("README.md"))
     parser.add_argument("--roles", type=Path, default=Path("roles"))
     parser.add_argument("--check", action="store_true", help="exit 1 if the document is out of date")
     args = parser.parse_args(argv)
