@@ -48,9 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._lab import BenchLab, BenchNetLab  # noqa: E402
 from tests import netlab  # noqa: E402
-from tests.integration.conftest import LAB_TOKEN  # noqa: E402
+from tests.lab import LAB_TOKEN, Lab  # noqa: E402
 from tests.netlab import NetLab, sh  # noqa: E402
 from tests.procs import VENV_BIN, DevPortalProc, base_env, wait_for  # noqa: E402
 
@@ -91,9 +90,9 @@ class Bench:
     def __init__(self, workdir: Path, seconds: int) -> None:
         self.workdir = workdir
         self.seconds = seconds
-        self.net = BenchNetLab(workdir)
+        self.net = NetLab(workdir)
         self.portal: DevPortalProc | None = None
-        self.lab: BenchLab | None = None
+        self.lab: Lab | None = None
         self.sides: dict[str, Side] = {}
         self.active: str | None = None
 
@@ -101,15 +100,15 @@ class Bench:
 
     def up(self) -> None:
         net = self.net.up()
-        self.portal = DevPortalProc(self.workdir, host=net.mgmt_root, gateway_token=LAB_TOKEN)
-        lab = self.lab = BenchLab(net, self.portal)
+        self.portal = DevPortalProc(self.workdir, host=net.MGMT_ROOT, gateway_token=LAB_TOKEN)
+        lab = self.lab = Lab(net, self.portal)
         client = lab.client = net.new_client()
         client.start()
         cl_ns, gw_ns, rs_ns = net.ns["client"], net.ns["gateway"], net.ns["resource"]
         sh("ip", "addr", "add", f"{WGGO_SRC}/32", "dev", client.ifname, ns=cl_ns)
 
         # (a) our gateway; INFO logging so the hot path runs as in production.
-        gateway = lab.start_gateway()
+        gateway = lab.start_gateway({"RUST_LOG": "info"})
         flow = lab.authorize({"type": "cidr", "address": RESOURCE_NET, "filters": []})
         assert flow["status"] == "authorized", flow
         lab.connect_client(flow, [RESOURCE_NET])

@@ -41,8 +41,10 @@ class Lab:
             "FIREZONE_NO_TELEMETRY": "true",
             "RUST_LOG": "debug",
         } | (extra_env or {})
-        self.net.spawn("gateway", [str(VENV_BIN / "firezone-gateway-init"), "--egress-interface",
-                                   f"fr{self.net.tag}g"], base_env(), "gateway-init").popen.wait(30)
+        init = self.net.spawn("gateway", [str(VENV_BIN / "firezone-gateway-init"), "--egress-interface",
+                                          f"fr{self.net.tag}g"], base_env(), "gateway-init")
+        if init.popen.wait(30) != 0:
+            raise RuntimeError(f"firezone-gateway-init failed: {init.output()}")
         self.gateway = self.net.spawn("gateway", [str(VENV_BIN / "firezone-gateway")], env, "gateway")
         self.health = f"http://{health}"
         wait_for(lambda: self.readyz() == 200 or not self.gateway.running(), 20, "gateway ready")
