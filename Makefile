@@ -7,10 +7,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test unit lint lint-python lint-ansible bench e2e deps venv wheelhouse docs-ansible clean help
+.PHONY: demo demo-netns test unit lint lint-python lint-ansible bench e2e deps venv wheelhouse docs-ansible clean help
 
 help:
-	@echo "make demo   - dev portal + gateway + WireGuard client in network namespaces, end to end"
+	@echo "make demo   - site.yml rolls out two gateway containers; tunnel and DNS TTL proven; summary table"
+	@echo "make demo-netns - the gateway, dev portal and a WireGuard client in network namespaces (fast)"
+	@echo "make e2e    - the Molecule scenarios (default, uninstall, fleet)"
 	@echo "make test   - unit, property and namespace integration tests (everything but containers)"
 	@echo "make lint   - ruff, mypy and the Ansible checks"
 	@echo "make bench  - side-by-side benchmarks (ours vs the reference) with ratios"
@@ -26,8 +28,20 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The main job: site.yml rolls the gateway out to two containers next to a lab (dev portal,
+# DNS, resources) and a WireGuard client; prints the summary table. Needs root and podman
+# (installed by scripts/e2e.sh --prepare, with the images and the wheelhouse).
 demo: deps venv
+	@scripts/e2e.sh --prepare
+	@$(BIN)/python scripts/container_demo.py $(if $(KEEP),--keep,)
+
+# The same story without containers, in network namespaces, in about half a minute.
+demo-netns: deps venv
 	@$(BIN)/python scripts/demo.py $(if $(KEEP),--keep,)
+
+# The Molecule scenarios (all, or SCENARIOS="default fleet").
+e2e: deps venv
+	@scripts/e2e.sh $(SCENARIOS)
 
 unit: venv
 	@$(BIN)/pytest -q $(PYTEST_ARGS)
@@ -38,18 +52,19 @@ test: deps venv
 lint: lint-python lint-ansible
 
 lint-python: venv
-	@$(BIN)/ruff check gateway_pkg tests bench scripts tools
+	@$(BIN)/ruff check gateway_pkg tests bench scripts tools molecule
 	@$(BIN)/mypy gateway_pkg
 
 # ansible-lint (production profile), yamllint, defaults vs argument_specs, the generated
 # variable table, a syntax check of every playbook, shellcheck of the shell tools.
 lint-ansible: venv
-	@$(BIN)/yamllint -s roles playbooks .yamllint .ansible-lint
+	@$(BIN)/yamllint -s roles playbooks molecule .yamllint .ansible-lint
 	@PATH=$(abspath $(BIN)):$$PATH $(BIN)/ansible-lint -q --profile production roles playbooks
 	@$(BIN)/python tools/check_argument_specs.py
 	@$(BIN)/python tools/gen_role_docs.py --check
 	@for p in playbooks/*.yml; do $(BIN)/ansible-playbook -i inventory.example --syntax-check $$p >/dev/null || exit 1; done
-	@if command -v shellcheck >/dev/null; then shellcheck tools/*.sh scripts/*.sh; else echo "shellcheck not installed (make deps)"; fi
+	@if command -v shellcheck >/dev/null; then shellcheck tools/*.sh scripts/*.sh molecule/shared/*.sh molecule/shared/files/*.sh; \
+	else echo "shellcheck not installed (make deps)"; fi
 
 # Wheels of the package and its dependencies, with SHA256SUMS, for the role's offline install.
 wheelhouse: venv

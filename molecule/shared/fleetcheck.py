@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""The fleet behaviour (molecule/fleet), driven from the controller inside `molecule verify`:
+
+1. after the initial rollout: every host joined the lab's dev portal with its own FIREZONE_ID;
+2. an upgrade to another package version through playbooks/site.yml with serial=2 rolls batch
+   by batch (two "Roll out" plays; every host of batch 1 restarted before batch 2 started)
+   and keeps every FIREZONE_ID and token;
+3. a rollout of a third version with serial=1 where the second host is broken (a host var
+   points it at a portal address nothing listens on, so the role's readiness check fails):
+   the first host runs the new version, the broken host is rolled back to the previous one,
+   the rollout stops and the third host is not touched.
+
+Environment: the one `molecule verify` gives its playbooks (MOLECULE_* and ANSIBLE_CONFIG).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
+INVENTORY = str(Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent)
+NET = "10.89.62"
+LAB, CLIENT = "fz-e2e-fleet-lab", "fz-e2e-fleet-client"
+HOSTS = ["fz-e2e-fleet-gw1", "fz-e2e-fleet-gw2", "fz-e2e-fleet-gw3"]
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def fail(message: str) -> None:
+    say(f"FAILED: {message}")
+    sys.exit(1)
+
+
+def x(host: str, script: str) -> str:
+    done = subprocess.run(["podman", "exec", host, "sh", "-c", script], capture_output=True, text=True, check=False)
+    return done.stdout.strip()
+
+
+def state(host: str) -> dict[str, str]:
+    pid = x(host, "systemctl show -P MainPID firezone-gateway.service")
+    return {
+        "id": x(host, "cat /var/lib/firezone/gateway_id"),
+        "token_sha256": x(host, "sha256sum /etc/firezone/gateway-token | cut -d' ' -f1"),
+        "current": x(host, "readlink /opt/firezone-gateway/current"),
+        "previous": x(host, "readlink /opt/firezone-gateway/previous"),
+        # The version the running process logged at its start (/proc/<pid>/exe needs ptrace rights).
+        "running": x(host, f"journalctl -o cat _PID={pid} | grep -m1 'started logging'")
+        if pid not in ("", "0") else "",
+        "started": x(host, "systemctl show -P ExecMainStartTimestampMonotonic firezone-gateway.service"),
+        "active": x(host, "systemctl is-active firezone-gateway.service"),
+    }
+
+
+def joined() -> dict[str, str]:
+    out = EPHEMERAL / "fleet-joined.json"
+    done = subprocess.run([sys.executable, str(HERE / "labcheck.py"), "--lab", LAB, "--client", CLIENT, "--net", NET,
+                           "--no-tunnel", "--json", str(out), *[f"--gateway={h}" for h in HOSTS]],
+                          capture_output=True, text=True, check=False)
+    say(done.stdout.rstrip())
+    if done.returncode != 0:
+        fail(f"not every gateway joined the dev portal:\n{done.stdout}{done.stderr}")
+    return {r["gateway"]: r["firezone_id"] for r in json.loads(out.read_text())}
+
+
+def site(label: str, *extra: str) -> tuple[int, str]:
+    say(f"== {label}: ansible-playbook playbooks/site.yml {' '.join(extra)}")
+    started = time.monotonic()
+    done = subprocess.run(["ansible-playbook", f"--inventory={INVENTORY}", *extra, str(ROOT / "playbooks/site.yml")],
+                          capture_output=True, text=True, check=False)
+    out = done.stdout + done.stderr
+    (EPHEMERAL / f"{label}.log").write_text(out)
+    recap = out[out.rfind("PLAY RECAP"):].strip().splitlines()
+    say("\n".join(line for line in recap if "ok=" in line))
+    say(f"   rc={done.returncode} in {time.monotonic() - started:.0f} s (log: {EPHEMERAL}/{label}.log)")
+    return done.returncode, out
+
+
+def wheelhouse(version: str) -> str:
+    out = ROOT / ".cache/e2e" / f"wheelhouse-{version}"
+    subprocess.run([str(HERE / "build_bumped_wheelhouse.sh"), version, str(out)], check=True)
+    return str(out)
+
+
+def report_lines(out: str) -> list[str]:
+    return [line.strip(" -'\"") for line in out.splitlines() if re.search(r"fz-e2e-fleet-gw\d\s", line)]
+
+
+def main() -> int:
+    base = os.environ.get("E2E_VERSION", "0.1.0")
+    up1, up2 = f"{base}.post1", f"{base}.post2"
+
+    say("== 1. initial rollout: every host joined with a distinct FIREZONE_ID")
+    ids = joined()
+    before = {h: state(h) for h in HOSTS}
+    if len(set(ids.values())) != len(HOSTS) or any(ids[h] != before[h]["id"] for h in HOSTS):
+        fail(f"IDs not distinct or not the hosts' own: {ids}")
+    for h in HOSTS:
+        say(f"   {h}: FIREZONE_ID {before[h]['id']}  version {before[h]['current']}")
+
+    say(f"== 2. upgrade {base} -> {up1}, serial=2")
+    rc, out = site("upgrade", "-e", "firezone_gateway_serial=2", "-e", f"firezone_gateway_version={up1}",
+                   "-e", f"firezone_gateway_wheelhouse_dir={wheelhouse(up1)}")
+    if rc != 0:
+        fail("the upgrade failed")
+    batches = out.count("PLAY [Roll out the Firezone Gateway]")
+    after = {h: state(h) for h in HOSTS}
+    for h in HOSTS:
+        a, b = after[h], before[h]
+        say(f"   {h}: {b['current']} -> {a['current']} (running {a['running']}), ID kept: {a['id'] == b['id']}, "
+            f"token kept: {a['token_sha256'] == b['token_sha256']}, previous {a['previous']}")
+        if a["current"] != up1 or up1 not in a["running"]:
+            fail(f"{h} does not run {up1}: {a}")
+        if a["id"] != b["id"] or a["token_sha256"] != b["token_sha256"]:
+            fail(f"{h} lost its FIREZONE_ID or token: {b} -> {a}")
+    if batches != 2:
+        fail(f"expected 2 batches (serial=2, 3 hosts), saw {batches} 'Roll out' plays")
+    first, second = [int(after[h]["started"]) for h in HOSTS[:2]], int(after[HOSTS[2]]["started"])
+    if not max(first) < second:
+        fail(f"batch 2 restarted before batch 1 finished: {first} vs {second}")
+    say(f"   2 batches; batch 1 restarted {(second - max(first)) / 1e6:.0f} s before batch 2")
+    if joined() != ids:
+        fail("IDs in the dev portal changed with the upgrade")
+
+    say(f"== 3. rollout of {up2}, serial=1, {HOSTS[1]} broken (portal address with nothing listening)")
+    broken = EPHEMERAL / "broken-host.yml"
+    broken.write_text(f"all:\n  hosts:\n    {HOSTS[1]}:\n      firezone_gateway_api_url: ws://{NET}.10:9\n"
+                      "      firezone_gateway_verify_timeout: 15\n")
+    rc, out = site("broken", f"--inventory={broken}", "-e", "firezone_gateway_serial=1",
+                   "-e", f"firezone_gateway_version={up2}", "-e", f"firezone_gateway_wheelhouse_dir={wheelhouse(up2)}")
+    final = {h: state(h) for h in HOSTS}
+    for line in report_lines(out)[-3:]:
+        say(f"   report: {line}")
+    for h in HOSTS:
+        say(f"   {h}: current {final[h]['current']}, running {final[h]['running']}, {final[h]['active']}")
+    checks = {
+        "the rollout failed": rc != 0,
+        "it says it stops": "The rollout stops here" in out,
+        f"{HOSTS[0]} runs {up2}": final[HOSTS[0]]["current"] == up2
+        and up2 in final[HOSTS[0]]["running"],
+        f"{HOSTS[1]} rolled back to {up1}": final[HOSTS[1]]["current"] == up1
+        and up1 in final[HOSTS[1]]["running"],
+        f"{HOSTS[2]} untouched": final[HOSTS[2]] == after[HOSTS[2]],
+        "IDs kept": all(final[h]["id"] == before[h]["id"] for h in HOSTS),
+    }
+    for what, ok in checks.items():
+        say(f"   {'ok  ' if ok else 'FAIL'} {what}")
+    if not all(checks.values()):
+        fail("the broken-host rollout did not behave")
+    say("fleet behaviour verified")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
