@@ -5,7 +5,7 @@
 #
 # Usage: tools/build_image.sh [NAME]        (default NAME: localhost/fz-debian12-systemd)
 # Prints the image reference (NAME:<recipe hash>) on stdout; also tags NAME:latest.
-# Needs root, debootstrap and podman (see docs/ansible.md). Uses tools/containers.conf.
+# Needs root, debootstrap and podman (installed by scripts/e2e.sh). Uses tools/containers.conf.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
