@@ -8,14 +8,13 @@ resolution without a restart.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import urllib.request
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from gateway_pkg.config import external_id_for
 from gateway_pkg.dns.settings import DnsSettings
 
 logger = logging.getLogger("gateway_pkg.dns.flags")
@@ -24,13 +23,8 @@ USERSPACE_DNS_FLAG = "gateway-userspace-dns-a-aaaa-records"
 FETCH_TIMEOUT = 5.0
 
 
-def distinct_id_for(firezone_id: str) -> str:
-    """As upstream: a UUID FIREZONE_ID is sent as its sha256 hex, anything else as is."""
-    try:
-        uuid.UUID(firezone_id)
-    except ValueError:
-        return firezone_id
-    return hashlib.sha256(firezone_id.encode()).hexdigest()
+# Same rule as the portal's external_id (upstream uses it for PostHog's distinct_id too).
+distinct_id_for = external_id_for
 
 
 class FeatureFlags:

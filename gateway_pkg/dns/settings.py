@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from gateway_pkg.config import env_flag
 from gateway_pkg.errors import ConfigError
 
 DEFAULT_FEATURE_FLAGS_INTERVAL = 300.0  # upstream RE_EVAL_DURATION: 5 minutes
@@ -21,9 +22,6 @@ LEGACY_TTL = 30.0  # upstream's moka DNS_TTL for the getaddrinfo path
 RESOLUTION_TIMEOUT = 10.0  # upstream DNS_RESOLUTION_TIMEOUT, below the 20 s handshake timeout
 DEFAULT_FEATURE_FLAGS_API_KEY = "firezone-gateway-py"
 
-# clap's FalseyValueParser, which upstream uses for boolean env flags such as
-# FIREZONE_NO_TELEMETRY: these mean false, anything else non-empty means true.
-_FALSEY = frozenset({"", "0", "n", "no", "f", "false", "off"})
 
 Nameserver = tuple[str, int]
 
@@ -62,7 +60,7 @@ class DnsSettings:
         return cls(
             feature_flags_url=url,
             feature_flags_interval=interval,
-            telemetry=environ.get("FIREZONE_NO_TELEMETRY", "").strip().lower() in _FALSEY,
+            telemetry=not env_flag(environ.get("FIREZONE_NO_TELEMETRY")),
             userspace_dns_override=parse_flag_override(
                 "FZFF_GATEWAY_USERSPACE_DNS_A_AAAA_RECORDS",
                 environ.get("FZFF_GATEWAY_USERSPACE_DNS_A_AAAA_RECORDS"),
