@@ -138,3 +138,16 @@ def test_unprivileged_without_cap_net_admin_exits_1(tmp_path, portal):
     proc.stop()
     out = proc.output()
     assert code == 1 and "CAP_NET_ADMIN" in out and TOKEN not in out and out.count("\n") == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_missing_tun_device_is_one_clear_line_and_exit_1(tmp_path):
+    # A private mount namespace where /dev/net is empty: no TUN device to open.
+    script = f"mount -t tmpfs none /dev/net && exec {VENV_BIN / 'firezone-gateway'}"
+    env = base_env() | {"FIREZONE_TOKEN": TOKEN, "FIREZONE_ID": "x", "FIREZONE_API_URL": "http://127.0.0.1:1",
+                        "HEALTH_CHECK_ADDR": f"127.0.0.1:{free_port()}"}
+    proc = Proc(["unshare", "-m", "sh", "-c", script], env, tmp_path / "notun.log")
+    code = wait_for(lambda: proc.popen.poll(), 15, "exit")
+    proc.stop()
+    out = proc.output()
+    assert code == 1 and "TUN unavailable: /dev/net/tun does not exist" in out and "Traceback" not in out
