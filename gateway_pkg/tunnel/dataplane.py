@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import logging
 import os
 import socket
@@ -28,7 +27,6 @@ from gateway_pkg.dns.base import DnsResolver, IPAddress
 from gateway_pkg.dns.flags import FeatureFlags
 from gateway_pkg.errors import RuntimeFailure
 from gateway_pkg.portal import messages
-from gateway_pkg.resources import DnsResource
 from gateway_pkg.tunnel import metrics, p2p_control
 from gateway_pkg.tunnel.metrics import TRAFFIC as traffic
 from gateway_pkg.tunnel.policy import Action, ClientPolicy, TunAddresses
@@ -522,8 +520,4 @@ def parse_timers(environ: Mapping[str, str]) -> TimerConfig:
     return TimerConfig(rekey_after_time=rekey, reject_after_time=max(rekey * 1.5, rekey + 3))
 
 
-def ip_of(packed: bytes) -> str:
-    return str(ipaddress.ip_address(packed))
-
-
-__all__ = ["DataPlaneSettings", "DnsResource", "TunnelDataPlane", "parse_timers"]
+__all__ = ["DataPlaneSettings", "TunnelDataPlane", "parse_timers"]

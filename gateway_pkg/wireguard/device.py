@@ -387,22 +387,26 @@ class WireGuardDevice:
             return self._under_load()
         return self._load_meter.observe(now)
 
+    def _cookie_required(self, data: bytes, sender_index: int, mac1_offset: int, mac2_offset: int,
+                         source: Endpoint, now: float, out: DeviceOutput) -> bool:
+        """Under load, a handshake message without a valid mac2 gets a cookie reply instead of
+        Diffie-Hellman work. True when that happened (the message is not processed)."""
+        checker = self._cookie_checker
+        if not self._loaded(now) or checker.check_mac2(data, mac2_offset, source, now):
+            return False
+        reply = checker.create_reply(data, sender_index=sender_index, mac1_offset=mac1_offset, source=source, now=now)
+        out.datagrams.append((reply, source))
+        out.events.append(Dropped(DROP_COOKIE_REQUIRED))
+        return True
+
     def _receive_initiation(self, data: bytes, source: Endpoint, now: float, out: DeviceOutput) -> None:
         checker = self._cookie_checker
         if not checker.check_mac1(data, INITIATION_MAC1_OFFSET):
             out.events.append(Dropped(DROP_MAC1))
             return
         message = HandshakeInitiation.decode(data)
-        if self._loaded(now) and not checker.check_mac2(data, INITIATION_MAC2_OFFSET, source, now):
-            reply = checker.create_reply(
-                data,
-                sender_index=message.sender_index,
-                mac1_offset=INITIATION_MAC1_OFFSET,
-                source=source,
-                now=now,
-            )
-            out.datagrams.append((reply, source))
-            out.events.append(Dropped(DROP_COOKIE_REQUIRED))
+        if self._cookie_required(data, message.sender_index, INITIATION_MAC1_OFFSET, INITIATION_MAC2_OFFSET,
+                                 source, now, out):
             return
         peers = self._peers
 
@@ -471,16 +475,8 @@ class WireGuardDevice:
             out.events.append(Dropped(DROP_MAC1))
             return
         message = HandshakeResponse.decode(data)
-        if self._loaded(now) and not checker.check_mac2(data, RESPONSE_MAC2_OFFSET, source, now):
-            reply = checker.create_reply(
-                data,
-                sender_index=message.sender_index,
-                mac1_offset=RESPONSE_MAC1_OFFSET,
-                source=source,
-                now=now,
-            )
-            out.datagrams.append((reply, source))
-            out.events.append(Dropped(DROP_COOKIE_REQUIRED))
+        if self._cookie_required(data, message.sender_index, RESPONSE_MAC1_OFFSET, RESPONSE_MAC2_OFFSET,
+                                 source, now, out):
             return
         pending = self._index_table.get(message.receiver_index)
         if not isinstance(pending, _PendingHandshake):
