@@ -290,8 +290,10 @@ class TunnelDataPlane:
             client.policy.setup_nat(message.resource.id, message.domain.name, message.domain.proxy_ips,
                                     resolved, self._wall())
         self._update_gauges()
-        ice = message.client_ice_credentials or messages.IceCredentials("", "")
-        portal.send(*messages.connection_ready(message.ref, messages.IceCredentials(ice.username, os.urandom(8).hex())))
+        # The gateway's own ICE answer credentials, as upstream's accept_connection generates them
+        # (unused until ICE exists: clients reach UDP 52625 directly).
+        answer = messages.IceCredentials(os.urandom(4).hex(), os.urandom(11).hex())
+        portal.send(*messages.connection_ready(message.ref, answer))
         log.info("Accepted connection", extra={"fields": {"client": client.id, "resource": message.resource.id}})
 
     async def _allow_access(self, message: messages.AllowAccess) -> None:
