@@ -292,8 +292,8 @@ class TunnelDataPlane:
         self._update_gauges()
         # The gateway's own ICE answer credentials, as upstream's accept_connection generates them
         # (unused until ICE exists: clients reach UDP 52625 directly).
-        answer = messages.IceCredentials(os.urandom(4).hex(), os.urandom(11).hex())
-        portal.send(*messages.connection_ready(message.ref, answer))
+        credentials = messages.IceCredentials(os.urandom(4).hex(), os.urandom(11).hex())
+        portal.send(*messages.connection_ready(message.ref, credentials))
         log.info("Accepted connection", extra={"fields": {"client": client.id, "resource": message.resource.id}})
 
     async def _allow_access(self, message: messages.AllowAccess) -> None:
