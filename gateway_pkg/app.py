@@ -8,7 +8,6 @@ import logging
 import platform
 import signal
 import time
-from typing import Protocol
 
 from nacl.public import PrivateKey
 
@@ -16,23 +15,11 @@ from gateway_pkg import __version__
 from gateway_pkg.config import Config
 from gateway_pkg.errors import RuntimeFailure
 from gateway_pkg.health import HealthServer
+from gateway_pkg.interfaces import DataPlane
 from gateway_pkg.portal import messages
 from gateway_pkg.portal.client import PortalClient
 
 log = logging.getLogger("gateway_pkg")
-
-
-class PortalSender(Protocol):
-    def send(self, event: str, payload: object) -> None: ...
-
-
-class DataPlane(Protocol):
-    """What the portal messages drive. The data-plane package provides the real one."""
-
-    def handle(self, message: messages.IngressMessage, portal: PortalSender) -> None: ...
-    def ready(self) -> tuple[bool, str]: ...
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
 
 
 class Gateway:

@@ -15,8 +15,8 @@ from gateway_pkg import __version__
 from gateway_pkg.errors import ConfigError, GatewayError, RuntimeFailure
 
 if TYPE_CHECKING:
-    from gateway_pkg.app import DataPlane
     from gateway_pkg.config import Config
+    from gateway_pkg.interfaces import DataPlane
 
 PROG = "firezone-gateway"
 CAP_NET_ADMIN = 12

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from gateway_pkg.app import PortalSender
+from gateway_pkg.interfaces import PortalSender
 from gateway_pkg.portal import messages
 
 log = logging.getLogger("gateway_pkg.controlonly")

@@ -18,17 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from gateway_pkg.netconst import SYSCTLS, TUN_NAME, TUNNEL_V4, TUNNEL_V6
+
 PROG = "firezone-gateway-init"
-TUN_NAME = "tun-firezone"
-TUNNEL_V4 = "100.64.0.0/11"
-TUNNEL_V6 = "fd00:2021:1111::/107"
-SYSCTLS = {
-    "net.ipv4.ip_forward": "1",
-    "net.ipv4.conf.all.src_valid_mark": "1",
-    "net.ipv6.conf.all.disable_ipv6": "0",
-    "net.ipv6.conf.all.forwarding": "1",
-    "net.ipv6.conf.default.forwarding": "1",
-}
 
 Runner = Callable[[list[str]], int]
 

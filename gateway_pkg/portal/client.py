@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from gateway_pkg import metrics
 from gateway_pkg.config import Config
 from gateway_pkg.errors import RuntimeFailure
+from gateway_pkg.netconst import FIREZONE_MARK
 from gateway_pkg.portal import messages
 from gateway_pkg.portal.backoff import Backoff
 from gateway_pkg.portal.login import login_url, redact_url, user_agent
@@ -34,7 +35,6 @@ log = logging.getLogger("gateway_pkg.portal")
 GATEWAY_TOPIC = "gateway"
 CONNECT_TIMEOUT = 5.0
 # Marks the gateway's own sockets so they bypass the tunnel routing table (facts §3.1).
-FIREZONE_MARK = 0xFD002021
 SO_MARK = getattr(socket, "SO_MARK", 36)
 # Frames above the channel core's 1 MiB limit are skipped there; the transport allows a bit
 # more so that an oversized frame is logged and skipped instead of closing the socket.

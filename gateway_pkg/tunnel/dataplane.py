@@ -22,16 +22,17 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway_pkg.app import PortalSender
 from gateway_pkg.dns.base import DnsResolver, IPAddress
 from gateway_pkg.dns.flags import FeatureFlags
 from gateway_pkg.errors import RuntimeFailure
+from gateway_pkg.interfaces import PortalSender
+from gateway_pkg.netconst import DEFAULT_UDP_PORT
 from gateway_pkg.portal import messages
 from gateway_pkg.tunnel import metrics, p2p_control
 from gateway_pkg.tunnel.metrics import TRAFFIC as traffic
 from gateway_pkg.tunnel.policy import Action, ClientPolicy, TunAddresses
 from gateway_pkg.tunnel.tun import TunDevice
-from gateway_pkg.tunnel.udp import DEFAULT_PORT, bind_pair
+from gateway_pkg.tunnel.udp import bind_pair
 from gateway_pkg.tunnel.writer import BatchWriter
 from gateway_pkg.wireguard.device import WireGuardDevice
 from gateway_pkg.wireguard.events import DeviceOutput, Dropped, HandshakeCompleted
@@ -57,7 +58,7 @@ class Client:
 
 @dataclass(frozen=True)
 class DataPlaneSettings:
-    udp_port: int = DEFAULT_PORT
+    udp_port: int = DEFAULT_UDP_PORT
     timers: TimerConfig = field(default_factory=TimerConfig)
     flags_distinct_id: str = ""
 

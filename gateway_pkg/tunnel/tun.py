@@ -19,17 +19,19 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from gateway_pkg.errors import RuntimeFailure
+from gateway_pkg.netconst import (
+    FIREZONE_MARK,
+    ROUTE_TABLE,
+    RULE_PRIORITY,
+    TUN_MTU,
+    TUN_NAME,
+    TUN_PATH,
+    TUN_TXQUEUELEN,
+    TUNNEL_NETWORKS,
+)
 
 log = logging.getLogger("gateway_pkg.tunnel.tun")
 
-TUN_NAME = "tun-firezone"
-TUN_PATH = "/dev/net/tun"
-MTU = 1280
-TXQUEUELEN = 10000
-ROUTE_TABLE = 0x2021FD00
-FIREZONE_MARK = 0xFD002021
-RULE_PRIORITY = 1000
-TUNNEL_ROUTES = (ipaddress.ip_network("100.64.0.0/11"), ipaddress.ip_network("fd00:2021:1111::/107"))
 _TUNSETIFF = 0x400454CA
 _IFF_TUN = 0x0001
 _IFF_NO_PI = 0x1000
@@ -77,9 +79,9 @@ class TunDevice:
         try:
             with IPRoute() as ipr:
                 self.index = ipr.link_lookup(ifname=self.name)[0]
-                ipr.link("set", index=self.index, mtu=MTU)
+                ipr.link("set", index=self.index, mtu=TUN_MTU)
                 try:
-                    ipr.link("set", index=self.index, txqlen=TXQUEUELEN)
+                    ipr.link("set", index=self.index, txqlen=TUN_TXQUEUELEN)
                 except NetlinkError as exc:  # upstream only warns here too
                     log.warning("Cannot set txqueuelen on %s: %s", self.name, exc)
         except (NetlinkError, OSError, IndexError) as exc:
@@ -104,12 +106,12 @@ class TunDevice:
                     log.warning("Cannot add %s/%d to %s: %s", address, prefix, self.name, exc)
             if ok == 0:
                 raise RuntimeFailure("Failed to set TUN interface IPs")
-            ipr.link("set", index=self.index, state="up", mtu=MTU)
+            ipr.link("set", index=self.index, state="up", mtu=TUN_MTU)
             self._add_routes(ipr)
         log.info("TUN addresses set", extra={"fields": {"ipv4": ipv4, "ipv6": ipv6}})
 
     def _add_routes(self, ipr: IPRoute) -> None:
-        for network in TUNNEL_ROUTES:
+        for network in TUNNEL_NETWORKS:
             try:
                 ipr.route("add", dst=str(network), oif=self.index, table=ROUTE_TABLE)
             except NetlinkError as exc:

@@ -14,11 +14,10 @@ import socket
 import struct
 
 from gateway_pkg.errors import RuntimeFailure
+from gateway_pkg.netconst import DEFAULT_UDP_PORT, FIREZONE_MARK
 
 log = logging.getLogger("gateway_pkg.tunnel.udp")
 
-DEFAULT_PORT = 52625  # 49152 + 3473, "FIRE" on a phone pad
-FIREZONE_MARK = 0xFD002021
 SO_MARK = getattr(socket, "SO_MARK", 36)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
@@ -52,7 +51,7 @@ def _bind(family: int, port: int) -> socket.socket:
     return sock
 
 
-def bind_pair(port: int = DEFAULT_PORT) -> dict[int, socket.socket]:
+def bind_pair(port: int = DEFAULT_UDP_PORT) -> dict[int, socket.socket]:
     """Bind IPv4 and IPv6; if the port is taken fall back to an ephemeral port, as upstream."""
     sockets: dict[int, socket.socket] = {}
     for family in (socket.AF_INET, socket.AF_INET6):
