@@ -4,25 +4,36 @@ Run as root before the gateway (systemd `ExecStartPre=+`), so rules come back af
 reboot or a firewall reload. Follows upstream's init script (facts §3.2): FORWARD accepts
 for tun-firezone inserted at position 1, MASQUERADE limited to the tunnel source ranges,
 with iptables and ip6tables (the nft backend on Debian 12), each rule checked before added.
+
+`--remove` (uninstall) deletes every rule the gateway ever added, whatever the egress
+interfaces are now: it lists FORWARD and nat POSTROUTING with `-S` and deletes the lines that
+are exactly ours (the two tun-firezone accepts; a MASQUERADE of a tunnel range out of any
+interface), and every `ip rule` (IPv4 and IPv6) that looks up the gateway's routing table.
+Rules of others (Docker, ufw, an admin's accept) are left alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import Final, NoReturn
 
-from gateway_pkg.netconst import SYSCTLS, TUN_NAME, TUNNEL_V4, TUNNEL_V6
+from gateway_pkg.netconst import ROUTE_TABLE, SYSCTLS, TUN_NAME, TUNNEL_V4, TUNNEL_V6
 
 PROG = "firezone-gateway-init"
 
 Runner = Callable[[list[str]], int]
+"""Runs a command, returns its exit status (injectable: the unit tests pass a fake)."""
+Reader = Callable[[list[str]], str]
+"""Runs a read-only command, returns its stdout; raises SetupError when it fails."""
 
 
 class SetupError(Exception):
@@ -55,29 +66,137 @@ def _run(argv: list[str]) -> int:
     return subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False).returncode
 
 
-def apply_rules(egress: Sequence[str], runner: Runner = _run, *, remove: bool = False) -> list[str]:
-    """Add missing rules (or delete present ones). Returns what changed, for the log."""
+def apply_rules(egress: Sequence[str], runner: Runner = _run) -> list[str]:
+    """Add the missing rules. Returns what changed, for the log."""
     changed: list[str] = []
     for tool, rules in rules_for(egress).items():
         if shutil.which(tool) is None and runner is _run:
             raise SetupError(f"{tool} is not installed; install the iptables package")
         for rule in rules:
             base = [tool, "-w", "-t", rule.table]
-            present = runner([*base, "-C", rule.chain, *rule.spec]) == 0
-            if remove:
-                while present:
-                    if runner([*base, "-D", rule.chain, *rule.spec]) != 0:
-                        raise SetupError(f"{tool} could not delete a rule in {rule.table}/{rule.chain}")
-                    changed.append(f"{tool} -t {rule.table} -D {rule.chain} {' '.join(rule.spec)}")
-                    present = runner([*base, "-C", rule.chain, *rule.spec]) == 0
-                continue
-            if present:
+            if runner([*base, "-C", rule.chain, *rule.spec]) == 0:
                 continue
             action = ["-I", rule.chain, "1"] if rule.insert_first else ["-A", rule.chain]
             if runner([*base, *action, *rule.spec]) != 0:
                 raise SetupError(f"{tool} could not add a rule to {rule.table}/{rule.chain} (need root?)")
             changed.append(f"{tool} -t {rule.table} {' '.join(action)} {' '.join(rule.spec)}")
     return changed
+
+
+def _read(argv: list[str]) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[0]
+        raise SetupError(f"{' '.join(argv)}: {why}")
+    return done.stdout
+
+
+# The chains the gateway adds to.
+_CHAINS: Final = (("filter", "FORWARD"), ("nat", "POSTROUTING"))
+_ANY_IFACE: Final = "\0"  # stands for the `-o` interface in the MASQUERADE template
+
+
+def is_ours(tool: str, table: str, chain: str, spec: Sequence[str], tun: str = TUN_NAME) -> bool:
+    """Whether a rule (as `iptables -S` prints it, without `-A CHAIN`) is one the gateway adds.
+
+    Compared with what `rules_for` adds, exactly, so an admin's `-i tun-firezone -o eth0 -j
+    ACCEPT` or Docker's MASQUERADE are not ours; the MASQUERADE `-o` interface may be any,
+    so rules for an interface that is gone (or no longer the default route's) are found too.
+    """
+    spec = tuple(spec)
+    for rule in rules_for([_ANY_IFACE], tun)[tool]:
+        if (rule.table, rule.chain) != (table, chain) or len(rule.spec) != len(spec):
+            continue
+        if all(want in (got, _ANY_IFACE) for want, got in zip(rule.spec, spec, strict=True)):
+            return True
+    return False
+
+
+def owned_rules(tool: str, table: str, chain: str, listing: str) -> list[tuple[str, ...]]:
+    """The gateway's rules in the output of `<tool> -t <table> -S <chain>`, in order."""
+    found: list[tuple[str, ...]] = []
+    for line in listing.splitlines():
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            continue  # an odd quote in someone else's comment: not ours
+        if words[:2] == ["-A", chain] and is_ours(tool, table, chain, words[2:]):
+            found.append(tuple(words[2:]))
+    return found
+
+
+@dataclass
+class Removal:
+    """What `remove_rules` did: removed (or would remove), could not check, failed."""
+
+    removed: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def _ip_rules(family: str, read: Reader) -> list[dict[str, object]]:
+    answer = read(["ip", "-j", family, "rule", "list", "table", str(ROUTE_TABLE)])
+    try:
+        rules = json.loads(answer or "[]")
+    except ValueError as exc:
+        raise SetupError(f"ip {family} rule list: unreadable answer ({exc})") from None
+    return [rule for rule in rules if isinstance(rule, dict)] if isinstance(rules, list) else []
+
+
+def remove_rules(runner: Runner = _run, reader: Reader = _read, *, dry_run: bool = False) -> Removal:
+    """Delete every FORWARD/MASQUERADE rule and ip rule of the gateway (or list them: dry_run).
+
+    Goes on after a failure, so one broken table does not keep the others' rules; the caller
+    reports `errors`. A missing iptables/ip6tables/ip binary is a warning: nothing to check.
+    """
+    result = Removal()
+    verb = "would remove" if dry_run else "removed"
+    for tool in ("iptables", "ip6tables"):
+        if reader is _read and shutil.which(tool) is None:
+            result.warnings.append(f"{tool} is not installed: its rules (if any) were not checked")
+            continue
+        for table, chain in _CHAINS:
+            base = [tool, "-w", "-t", table]
+            try:
+                ours = owned_rules(tool, table, chain, reader([*base, "-S", chain]))
+            except SetupError as exc:
+                result.errors.append(str(exc))
+                continue
+            for spec in ours:
+                shown = f"{tool} -t {table} -D {chain} {' '.join(spec)}"
+                if not dry_run and runner([*base, "-D", chain, *spec]) != 0:
+                    result.errors.append(f"{tool} could not delete a rule: {shown}")
+                    break
+                result.removed.append(f"{verb}: {shown}")
+    if reader is _read and shutil.which("ip") is None:
+        result.warnings.append("ip (iproute2) is not installed: ip rules (if any) were not checked")
+        return result
+    for family in ("-4", "-6"):
+        try:
+            rules = _ip_rules(family, reader)
+            if dry_run:
+                result.removed += [f"{verb}: {_ip_rule_del(family, rule)}" for rule in rules]
+                continue
+            # One at a time, listing again after each: until none is left (bounded).
+            for _ in range(100):
+                if not rules:
+                    break
+                argv = _ip_rule_del(family, rules[0]).split()
+                if runner(argv) != 0:
+                    raise SetupError(f"could not delete an ip rule: {' '.join(argv)}")
+                result.removed.append(f"{verb}: {' '.join(argv)}")
+                rules = _ip_rules(family, reader)
+            if rules:
+                raise SetupError(f"ip {family} rules for table {ROUTE_TABLE} keep coming back; some are left")
+        except SetupError as exc:
+            result.errors.append(str(exc))
+    return result
+
+
+def _ip_rule_del(family: str, rule: dict[str, object]) -> str:
+    priority = rule.get("priority")
+    selector = f" priority {priority}" if isinstance(priority, int) else ""
+    return f"ip {family} rule del{selector} table {ROUTE_TABLE}"
 
 
 def default_route_interfaces(runner: Callable[[list[str]], str] | None = None) -> list[str]:
@@ -139,26 +258,48 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="interface to masquerade out of (repeatable; default: those of the default routes)")
     parser.add_argument("--no-sysctl", action="store_true",
                         help="only verify the sysctls (where /proc/sys is read-only, e.g. containers)")
-    parser.add_argument("--remove", action="store_true", help="delete the rules instead (uninstall)")
+    parser.add_argument("--remove", action="store_true",
+                        help="delete every rule and ip rule the gateway added, for any interface (uninstall)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="with --remove: only print what would be removed")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a sysctl is not as needed")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.dry_run and not args.remove:
+        parser.error("--dry-run only goes with --remove")
+    if args.remove:
+        return _remove(dry_run=args.dry_run)
     egress = args.egress_interface or default_route_interfaces()
     try:
-        if not args.remove:
-            wrong = apply_sysctls(write=not args.no_sysctl)
-            for key in wrong:
-                print(f"{PROG}: warning: sysctl {key} is not {SYSCTLS[key]}; forwarding may not work", file=sys.stderr)
-            if wrong and args.strict:
-                return 1
-            if not egress:
-                print(f"{PROG}: warning: no default route: no MASQUERADE rule added "
-                      "(pass --egress-interface)", file=sys.stderr)
-        for line in apply_rules(egress, remove=args.remove):
+        wrong = apply_sysctls(write=not args.no_sysctl)
+        for key in wrong:
+            print(f"{PROG}: warning: sysctl {key} is not {SYSCTLS[key]}; forwarding may not work", file=sys.stderr)
+        if wrong and args.strict:
+            return 1
+        if not egress:
+            print(f"{PROG}: warning: no default route: no MASQUERADE rule added "
+                  "(pass --egress-interface)", file=sys.stderr)
+        for line in apply_rules(egress):
             print(f"{PROG}: {line}")
     except SetupError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _remove(*, dry_run: bool) -> int:
+    if os.geteuid() != 0 and not dry_run:
+        print(f"{PROG}: --remove needs root (it deletes iptables rules and ip rules)", file=sys.stderr)
+        return 1
+    result = remove_rules(dry_run=dry_run)
+    for line in result.removed:
+        print(f"{PROG}: {line}")
+    if not result.removed:
+        print(f"{PROG}: nothing to remove: no rule of the gateway is left")
+    for line in result.warnings:
+        print(f"{PROG}: warning: {line}", file=sys.stderr)
+    for line in result.errors:
+        print(f"{PROG}: {line}", file=sys.stderr)
+    return 1 if result.errors else 0
 
 
 if __name__ == "__main__":
