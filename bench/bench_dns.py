@@ -23,7 +23,7 @@ from unbound_server import Unbound  # noqa: E402
 from gateway_pkg.dns.flags import FeatureFlags  # noqa: E402
 from gateway_pkg.dns.metrics import DnsStats  # noqa: E402
 from gateway_pkg.dns.resolver import build_resolver  # noqa: E402
-from gateway_pkg.dns.settings import DnsSettings  # noqa: E402
+from gateway_pkg.dns.settings import DnsSettings, FlagSettings  # noqa: E402
 
 DISTINCT = 10_000
 HIT_SAMPLES = 200_000
@@ -48,13 +48,12 @@ async def main() -> None:
     server.start()
     try:
         settings = DnsSettings(
-            userspace_dns_override=True,
             resolv_conf=str(server.write_resolv_conf()),
             hosts_file=str(server.write_hosts()),
             nameservers=(server.nameserver,),
         )
         stats = DnsStats()
-        resolver = build_resolver(settings, FeatureFlags(settings), stats=stats)
+        resolver = build_resolver(settings, FeatureFlags(FlagSettings(userspace_dns_override=True)), stats=stats)
         perf = time.perf_counter_ns
 
         # -- cache hits ------------------------------------------------------------
@@ -136,7 +135,7 @@ async def main() -> None:
 
         names = [f"n{i}.test" for i in range(DISTINCT)]
         # A fresh resolver: an LRU scan of more names than it holds would miss every time.
-        resolver = build_resolver(settings, FeatureFlags(settings), stats=DnsStats())
+        resolver = build_resolver(settings, FeatureFlags(FlagSettings(userspace_dns_override=True)), stats=DnsStats())
 
         async def raw(name: str) -> None:
             async with limit:

@@ -1,33 +1,49 @@
-"""Wires the gateway together and owns the event loop, signals and shutdown."""
+"""The wiring root: builds every part from a `Config`, owns the event loop, signals and shutdown.
+
+The console script `firezone-gateway` enters at `main`: `cli.main` turns argv and the
+environment into a `Config` (or an exit status) and calls `run` with it. No other module
+imports this one; the parts know each other only through `gateway_pkg.interfaces`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
+import os
 import platform
 import signal
+import sys
 import time
+from collections.abc import Sequence
 
 from nacl.public import PrivateKey
 
-from gateway_pkg import __version__
+from gateway_pkg import __version__, cli, logs
 from gateway_pkg.config import Config
-from gateway_pkg.errors import RuntimeFailure
+from gateway_pkg.controlonly import ControlOnlyDataPlane
+from gateway_pkg.dns.flags import FeatureFlags
+from gateway_pkg.dns.resolver import build_resolver
+from gateway_pkg.errors import GatewayError, RuntimeFailure
 from gateway_pkg.health import HealthServer
 from gateway_pkg.interfaces import DataPlane
 from gateway_pkg.portal import messages
 from gateway_pkg.portal.client import PortalClient
+from gateway_pkg.tunnel.dataplane import TunnelDataPlane
+from gateway_pkg.wireguard.keys import generate_private_key
 
 log = logging.getLogger("gateway_pkg")
 
 
 class Gateway:
-    def __init__(self, config: Config, dataplane: DataPlane, private_key: bytes) -> None:
+    """The running gateway: the portal connection drives the data plane; health watches both."""
+
+    def __init__(self, config: Config, dataplane: DataPlane, flags: FeatureFlags, public_key: bytes) -> None:
         self.config = config
         self.dataplane = dataplane
-        self.public_key = base64.b64encode(bytes(PrivateKey(private_key).public_key)).decode()
-        self.portal = PortalClient(config, self.public_key, self._on_message)
+        self.flags = flags
+        self.portal = PortalClient(config, base64.b64encode(public_key).decode(), self._on_message)
         self.health = HealthServer(config.health_check_addr.host, config.health_check_addr.port,
                                    self.readiness)
         self._stop = asyncio.Event()
@@ -59,7 +75,11 @@ class Gateway:
                               "os": platform.system()}},
         )
         await self.dataplane.start()
+        flags_task: asyncio.Task[None] | None = None
         try:
+            # As upstream: the first flag evaluation is awaited before the portal connects.
+            await self.flags.start()
+            flags_task = asyncio.create_task(self.flags.run(first_at_once=False))
             try:
                 await self.health.start()
             except OSError as exc:
@@ -79,13 +99,43 @@ class Gateway:
                 except (TimeoutError, asyncio.CancelledError):
                     portal_task.cancel()
         finally:
+            if flags_task is not None:
+                flags_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await flags_task
             await self.dataplane.stop()
             await self.health.stop()
         log.info("Goodbye!")
 
 
-def run(config: Config, dataplane: DataPlane, private_key: bytes) -> None:
+def build(config: Config) -> Gateway:
+    """Every part, built once and handed to the parts that use it."""
+    private_key = generate_private_key()  # a new static key per process start, as upstream
+    flags = FeatureFlags(config.flags, config.external_id)
+    dataplane: DataPlane
+    if config.dataplane.disabled:
+        dataplane = ControlOnlyDataPlane()
+    else:
+        dataplane = TunnelDataPlane(private_key, build_resolver(config.dns, flags), config.dataplane)
+    return Gateway(config, dataplane, flags, bytes(PrivateKey(private_key).public_key))
+
+
+def run(config: Config) -> None:
+    """Run the gateway until a signal or a fatal error (raised as a GatewayError)."""
+    logs.setup(config.log.level, config.log.format, [config.token.reveal()])
     started = time.monotonic()
-    gateway = Gateway(config, dataplane, private_key)
-    asyncio.run(gateway.run())
+    try:
+        asyncio.run(build(config).run())
+    except GatewayError as exc:
+        log.error("Failed to start Gateway: %s", exc)
+        raise
     log.debug("Ran for %.1f s", time.monotonic() - started)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script `firezone-gateway`."""
+    return cli.main(sys.argv[1:] if argv is None else argv, os.environ, run=run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,8 @@
-"""`firezone-gateway`: flags and env vars → Config → permission check → run.
+"""`firezone-gateway`'s command line: argv and the environment → `Config` → exit status.
 
-Every user mistake ends with one line on stderr: exit 2 for configuration, 1 for runtime.
+The flags are generated from the settings table (`gateway_pkg.settings`), one per setting
+but the token. Every user mistake ends with one line on stderr: exit 2 for configuration,
+1 for runtime failures; no traceback.
 """
 
 from __future__ import annotations
@@ -8,45 +10,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NoReturn
+from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn
 
 from gateway_pkg import __version__
+from gateway_pkg import config as config_mod
 from gateway_pkg.errors import ConfigError, GatewayError, RuntimeFailure
-
-if TYPE_CHECKING:
-    from gateway_pkg.config import Config
-    from gateway_pkg.interfaces import DataPlane
+from gateway_pkg.settings import SETTINGS, Setting
 
 PROG = "firezone-gateway"
 CAP_NET_ADMIN = 12
-
-# flag → (env var, value when the flag is a switch)
-_SWITCHES = {
-    "no_telemetry": "FIREZONE_NO_TELEMETRY",
-    "no_check": "FIREZONE_NO_CHECK",
-    "token_in_header": "FIREZONE_TOKEN_IN_HEADER",
-}
-_VALUES = {
-    "api_url": "FIREZONE_API_URL",
-    "firezone_id": "FIREZONE_ID",
-    "firezone_name": "FIREZONE_NAME",
-    "health_check_addr": "HEALTH_CHECK_ADDR",
-    "log_level": "RUST_LOG",
-    "log_format": "FIREZONE_LOG_FORMAT",
-    "portal_version": "FIREZONE_PORTAL_VERSION",
-    "feature_flags_url": "FIREZONE_FEATURE_FLAGS_URL",
-    "feature_flags_interval": "FIREZONE_FEATURE_FLAGS_INTERVAL",
-    "feature_flags_api_key": "FIREZONE_FEATURE_FLAGS_API_KEY",
-    "udp_port": "FIREZONE_UDP_PORT",
-    "dns_nameservers": "FIREZONE_DNS_NAMESERVERS",
-    "dns_resolv_conf": "FIREZONE_DNS_RESOLV_CONF",
-    "dns_hosts_file": "FIREZONE_DNS_HOSTS_FILE",
-    "dns_cache_size": "FIREZONE_DNS_CACHE_SIZE",
-    "dns_min_ttl": "FIREZONE_DNS_MIN_TTL",
-    "dns_max_ttl": "FIREZONE_DNS_MAX_TTL",
-    "dns_max_stale": "FIREZONE_DNS_MAX_STALE",
-}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,40 +28,38 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+def _dest(setting: Setting) -> str:
+    return setting.env.lower()
+
+
+def _help(setting: Setting) -> str:
+    if setting.advanced:
+        return argparse.SUPPRESS
+    default = f"; default {setting.default}" if setting.default and not setting.switch else ""
+    return f"{setting.help} [{setting.env}{default}]".replace("%", "%%")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
-        description="Firezone Gateway (Python). Every option is also an environment variable; "
-        "the token is read only from FIREZONE_TOKEN or the systemd credential FIREZONE_TOKEN.",
+        description="Firezone Gateway (Python). Every option is also an environment variable (in "
+        "brackets); the token is read only from FIREZONE_TOKEN or the systemd credential FIREZONE_TOKEN. "
+        "Reference: docs/configuration.md.",
     )
-    add = parser.add_argument
-    add("-u", "--api-url", help="portal URL (FIREZONE_API_URL, default wss://api.firezone.dev)")
-    add("-i", "--firezone-id", help="stable gateway ID (FIREZONE_ID, else /var/lib/firezone/gateway_id)")
-    add("-n", "--firezone-name", help="gateway name (FIREZONE_NAME, default: hostname)")
-    add("--health-check-addr", help="IP:PORT of /healthz /readyz /metrics (HEALTH_CHECK_ADDR, default 0.0.0.0:8080)")
-    add("--log-level", help="log level (RUST_LOG: trace, debug, info, warn, error; default info)")
-    add("--log-format", choices=["human", "json"], help="FIREZONE_LOG_FORMAT (default human)")
-    add("--no-telemetry", action="store_true", help="FIREZONE_NO_TELEMETRY: no feature-flag fetching")
-    add("--no-check", action="store_true", help="skip the root/CAP_NET_ADMIN check")
-    add("--token-in-header", action="store_true",
-        help="FIREZONE_TOKEN_IN_HEADER: send the token as x-authorization instead of in the URL")
-    add("--portal-version", help="version announced in the User-Agent (FIREZONE_PORTAL_VERSION, default 1.4.17)")
-    add("--feature-flags-url", help="PostHog-compatible /decide URL (FIREZONE_FEATURE_FLAGS_URL)")
-    add("--feature-flags-interval", help="seconds between flag fetches (FIREZONE_FEATURE_FLAGS_INTERVAL, default 300)")
-    add("--feature-flags-api-key", help="api_key sent to /decide (FIREZONE_FEATURE_FLAGS_API_KEY)")
-    add("--udp-port", help="WireGuard UDP port (FIREZONE_UDP_PORT, default 52625; ephemeral if taken)")
-    add("--dns-nameservers", help="ip[:port],... instead of resolv.conf's (FIREZONE_DNS_NAMESERVERS)")
-    add("--dns-resolv-conf", help="resolver configuration (FIREZONE_DNS_RESOLV_CONF, default /etc/resolv.conf)")
-    add("--dns-hosts-file", help="hosts file consulted first (FIREZONE_DNS_HOSTS_FILE, default /etc/hosts)")
-    add("--dns-cache-size", help="names kept in the DNS cache (FIREZONE_DNS_CACHE_SIZE, default 10000)")
-    add("--dns-min-ttl", help="lower TTL clamp in seconds (FIREZONE_DNS_MIN_TTL, default 0)")
-    add("--dns-max-ttl", help="upper TTL clamp in seconds (FIREZONE_DNS_MAX_TTL, default 86400)")
-    add("--dns-max-stale", help="oldest stale answer served in seconds (FIREZONE_DNS_MAX_STALE, default 86400)")
-    add("-V", "--version", action="version", version=f"{PROG} {__version__}")
+    for setting in SETTINGS:
+        if setting.flag is None:
+            continue
+        names = [setting.short, setting.flag] if setting.short else [setting.flag]
+        if setting.switch:
+            parser.add_argument(*names, dest=_dest(setting), action="store_true", help=_help(setting))
+        else:
+            parser.add_argument(*names, dest=_dest(setting), metavar=setting.kind.name.upper().replace(" ", "_"),
+                                help=_help(setting))
+    parser.add_argument("-V", "--version", action="version", version=f"{PROG} {__version__}")
     return parser
 
 
-def parse_environment(argv: Sequence[str], environ: dict[str, str]) -> dict[str, str]:
+def parse_environment(argv: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:
     """Fold flags into a copy of the environment: a flag wins over its env var."""
     args, extra = build_parser().parse_known_args(argv)
     if extra:
@@ -99,13 +70,15 @@ def parse_environment(argv: Sequence[str], environ: dict[str, str]) -> dict[str,
             "(it would be visible in ps): set FIREZONE_TOKEN or the systemd credential"
         )
     env = dict(environ)
-    for attr, key in _VALUES.items():
-        value = getattr(args, attr)
-        if value is not None:
-            env[key] = value
-    for attr, key in _SWITCHES.items():
-        if getattr(args, attr):
-            env[key] = "true"
+    for setting in SETTINGS:
+        if setting.flag is None:
+            continue
+        value = getattr(args, _dest(setting))
+        if setting.switch:
+            if value:
+                env[setting.env] = "true"
+        elif value is not None:
+            env[setting.env] = value
     return env
 
 
@@ -130,17 +103,14 @@ def check_permissions() -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from gateway_pkg import config as config_mod
-
+def main(argv: Sequence[str], environ: Mapping[str, str], *, run: Callable[[config_mod.Config], None]) -> int:
+    """Parse, check, `run(config)`; returns the exit status (the wiring root passes `run`)."""
     try:
-        env = parse_environment(sys.argv[1:] if argv is None else argv, dict(os.environ))
-        config = config_mod.load(env)
-        # Built before the permission check so that every configuration mistake exits 2.
-        dataplane_factory = dataplane_factory_for(config)
+        config = config_mod.load(parse_environment(argv, environ))
         if not config.no_check:
             check_permissions()
-        return _run(config, dataplane_factory)
+        run(config)
+        return 0
     except GatewayError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return exc.exit_status
@@ -153,54 +123,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: internal error: {type(exc).__name__}: {exc} (RUST_LOG=debug shows the traceback)",
               file=sys.stderr)
         return 1
-
-
-def _run(config: Config, dataplane_factory: Callable[[bytes], DataPlane]) -> int:
-    from gateway_pkg import app, logs
-    from gateway_pkg.wireguard.keys import generate_private_key
-
-    logs.setup(config.log_level, config.log_format, [config.token.reveal()])
-    private_key = generate_private_key()  # a new static key per process start, as upstream
-    try:
-        app.run(config, dataplane_factory(private_key), private_key)
-    except GatewayError as exc:
-        import logging
-
-        logging.getLogger("gateway_pkg").error("Failed to start Gateway: %s", exc)
-        raise
-    return 0
-
-
-def _udp_port(raw: str | None) -> int:
-    if not raw:
-        return 52625
-    if not raw.isdigit() or not 0 <= int(raw) <= 65535:
-        raise ConfigError(f"FIREZONE_UDP_PORT must be a port number, got {raw!r}")
-    return int(raw)
-
-
-def dataplane_factory_for(config: Config) -> Callable[[bytes], DataPlane]:
-    """Validate the data-plane and DNS settings now; build the data plane once keys exist."""
-    from gateway_pkg.config import env_flag
-    from gateway_pkg.controlonly import ControlOnlyDataPlane
-    from gateway_pkg.dns.flags import FeatureFlags
-    from gateway_pkg.dns.resolver import build_resolver
-    from gateway_pkg.dns.settings import DnsSettings
-    from gateway_pkg.tunnel.dataplane import DataPlaneSettings, TunnelDataPlane, parse_timers
-
-    env = config.environ
-    if env_flag(env.get("FIREZONE_NO_DATAPLANE")):
-        return lambda _key: ControlOnlyDataPlane()
-    dns_settings = DnsSettings.from_env(env)
-    settings = DataPlaneSettings(udp_port=_udp_port(env.get("FIREZONE_UDP_PORT")), timers=parse_timers(env),
-                                 flags_distinct_id=config.firezone_id)
-
-    def build(private_key: bytes) -> DataPlane:
-        flags = FeatureFlags(dns_settings)
-        return TunnelDataPlane(private_key, build_resolver(dns_settings, flags), flags, settings)
-
-    return build
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,34 +1,31 @@
-"""Configuration: environment variables and equivalent flags → one frozen `Config`.
+"""The gateway's configuration: one frozen, nested `Config`, built from the settings table.
 
-Every mistake a user can make here raises `ConfigError` with one line that names the
-setting; the CLI turns it into exit status 2. The token is wrapped in `Secret` from the
-moment it is read so that no repr, log line or exception can show it.
+`load(environ)` reads every setting of `gateway_pkg.settings.SETTINGS` (flags are folded
+into the environment by the CLI first), so each setting is declared in one place. The token
+is wrapped in `Secret` from the moment it is read, so no repr, log line or exception can
+show it. Every mistake raises `ConfigError` naming the setting (exit status 2).
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
 import socket
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
 
+from gateway_pkg import settings
+from gateway_pkg.dns.settings import DnsSettings, FlagSettings
 from gateway_pkg.errors import ConfigError
+from gateway_pkg.settings import HealthAddress
+from gateway_pkg.wireguard.timers import TimerConfig
 
-DEFAULT_API_URL = "wss://api.firezone.dev"
-DEFAULT_HEALTH_CHECK_ADDR = "0.0.0.0:8080"
-DEFAULT_ID_PATH = "/var/lib/firezone/gateway_id"
-# The portal derives the gateway's version from `connlib/<v>` in the User-Agent and only
-# pairs gateways with clients of a compatible minor; 1.4.17 serves 1.3, 1.4 and 1.5 clients.
-DEFAULT_PORTAL_VERSION = "1.4.17"
 TOKEN_CREDENTIAL = "FIREZONE_TOKEN"  # noqa: S105 - a credential name, not a secret
-LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
-# clap's falsey-value parser, which upstream's boolean env vars use.
-_FALSEY = frozenset({"", "0", "n", "no", "f", "false", "off"})
+
+__all__ = ["Config", "DataPlaneSettings", "HealthAddress", "LogSettings", "PortalSettings", "Secret", "load"]
 
 
 class Secret:
@@ -55,41 +52,61 @@ class Secret:
 
 
 @dataclass(frozen=True)
-class HealthAddress:
-    host: str
-    port: int
+class PortalSettings:
+    api_url: str = settings.default("portal.api_url")
+    token_in_header: bool = settings.default("portal.token_in_header")
+    portal_version: str = settings.default("portal.portal_version")
+    max_reconnect_elapsed: float = settings.default("portal.max_reconnect_elapsed")
+    heartbeat_interval: float = settings.default("portal.heartbeat_interval")
 
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = settings.default("log.level")
+    format: str = settings.default("log.format")
+
+
+@dataclass(frozen=True)
+class DataPlaneSettings:
+    udp_port: int = settings.default("dataplane.udp_port")
+    rekey_after_time: float | None = settings.default("dataplane.rekey_after_time")
+    disabled: bool = settings.default("dataplane.disabled")
+
+    @property
+    def timers(self) -> TimerConfig:
+        rekey = self.rekey_after_time
+        if rekey is None:
+            return TimerConfig()
+        return TimerConfig(rekey_after_time=rekey, reject_after_time=max(rekey * 1.5, rekey + 3))
 
 
 @dataclass(frozen=True)
 class Config:
     token: Secret = field(repr=False)
     firezone_id: str
-    api_url: str
     name: str
+    id_path: str
     health_check_addr: HealthAddress
-    no_telemetry: bool
-    log_level: str
-    log_format: str
     no_check: bool
-    portal_version: str
-    token_in_header: bool
-    max_reconnect_elapsed: float
-    heartbeat_interval: float
-    environ: Mapping[str, str] = field(repr=False, compare=False, default_factory=dict)
+    portal: PortalSettings
+    log: LogSettings
+    flags: FlagSettings
+    dns: DnsSettings
+    dataplane: DataPlaneSettings
 
     @property
     def external_id(self) -> str:
         return external_id_for(self.firezone_id)
 
 
-def env_flag(value: str | None) -> bool:
-    """Parse a boolean env var the way upstream (clap) does: falsey words, else true."""
-    if value is None:
-        return False
-    return value.strip().lower() not in _FALSEY
+# Config's sections: the part of a setting's field before the dot names one of these.
+SECTIONS: Mapping[str, type] = {
+    "portal": PortalSettings,
+    "log": LogSettings,
+    "flags": FlagSettings,
+    "dns": DnsSettings,
+    "dataplane": DataPlaneSettings,
+}
 
 
 def external_id_for(firezone_id: str) -> str:
@@ -99,73 +116,6 @@ def external_id_for(firezone_id: str) -> str:
     except ValueError:
         return firezone_id
     return hashlib.sha256(firezone_id.encode()).hexdigest()
-
-
-def normalize_api_url(raw: str) -> str:
-    """Accept http/https/ws/wss only; http(s) becomes ws(s). Query and fragment are dropped."""
-    try:
-        parts = urlsplit(raw.strip())
-        port = parts.port  # raises on a non-numeric port
-    except ValueError as exc:
-        raise ConfigError(f"FIREZONE_API_URL is not a valid URL: {exc}") from None
-    scheme = parts.scheme.lower()
-    if not scheme or not parts.hostname:
-        raise ConfigError(f"FIREZONE_API_URL is not a valid URL: {raw!r}")
-    mapping = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
-    if scheme not in mapping:
-        raise ConfigError(
-            f"FIREZONE_API_URL has invalid scheme `{scheme}`; only http(s) and ws(s) are allowed"
-        )
-    if parts.username or parts.password:
-        raise ConfigError("FIREZONE_API_URL must not carry credentials; use FIREZONE_TOKEN")
-    netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-    if port is not None:
-        netloc = f"{netloc}:{port}"
-    return urlunsplit((mapping[scheme], netloc, parts.path, "", ""))
-
-
-def parse_health_addr(raw: str) -> HealthAddress:
-    text = raw.strip()
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise ConfigError(f"HEALTH_CHECK_ADDR must be IP:PORT, got {raw!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError(f"HEALTH_CHECK_ADDR needs an IP address, got {host!r}") from None
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError(f"HEALTH_CHECK_ADDR has an invalid port {port_text!r}")
-    return HealthAddress(host, int(port_text))
-
-
-def parse_log_level(raw: str | None) -> str:
-    """Accept upstream's RUST_LOG: a bare level, or directives whose bare entry is the level.
-
-    `info`, `debug`, `gateway=debug,info` all work; per-target directives other than the
-    default level are accepted for compatibility and ignored.
-    """
-    if raw is None or not raw.strip():
-        return "info"
-    level = None
-    for directive in raw.split(","):
-        directive = directive.strip().lower()
-        if not directive:
-            continue
-        if "=" in directive:
-            _, _, value = directive.partition("=")
-            if value not in LOG_LEVELS and value != "off":
-                raise ConfigError(f"RUST_LOG has an unknown level {value!r} (use {', '.join(LOG_LEVELS)})")
-            continue
-        if directive == "warning":
-            directive = "warn"
-        if directive not in LOG_LEVELS:
-            raise ConfigError(
-                f"RUST_LOG has an unknown level {directive!r} (use {', '.join(LOG_LEVELS)})"
-            )
-        level = directive
-    return level or "info"
 
 
 def read_token(environ: Mapping[str, str]) -> Secret:
@@ -211,47 +161,30 @@ def read_firezone_id(value: str | None, id_path: str) -> str:
     )
 
 
-def _float_env(environ: Mapping[str, str], key: str, default: float) -> float:
-    raw = environ.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{key} must be a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{key} must be positive, got {raw!r}")
-    return value
-
-
 def load(environ: Mapping[str, str] | None = None) -> Config:
-    """Build the Config from an environment mapping (flags are merged in by the CLI)."""
+    """Build the Config from an environment mapping (the CLI folds the flags in first)."""
     env = dict(os.environ if environ is None else environ)
     token = read_token(env)
-    firezone_id = read_firezone_id(env.get("FIREZONE_ID"), env.get("FIREZONE_ID_PATH", DEFAULT_ID_PATH))
-    api_url = normalize_api_url(env.get("FIREZONE_API_URL") or DEFAULT_API_URL)
-    name = (env.get("FIREZONE_NAME") or "").strip() or socket.gethostname() or str(uuid.uuid4())
-    health = parse_health_addr(env.get("HEALTH_CHECK_ADDR") or DEFAULT_HEALTH_CHECK_ADDR)
-    log_format = (env.get("FIREZONE_LOG_FORMAT") or "human").strip().lower()
-    if log_format not in ("human", "json"):
-        raise ConfigError(f"FIREZONE_LOG_FORMAT must be human or json, got {log_format!r}")
-    version = (env.get("FIREZONE_PORTAL_VERSION") or DEFAULT_PORTAL_VERSION).strip()
-    parts = version.split(".")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise ConfigError(f"FIREZONE_PORTAL_VERSION must look like 1.4.17, got {version!r}")
-    return Config(
-        token=token,
-        firezone_id=firezone_id,
-        api_url=api_url,
-        name=name,
-        health_check_addr=health,
-        no_telemetry=env_flag(env.get("FIREZONE_NO_TELEMETRY")),
-        log_level=parse_log_level(env.get("RUST_LOG")),
-        log_format=log_format,
-        no_check=env_flag(env.get("FIREZONE_NO_CHECK")),
-        portal_version=version,
-        token_in_header=env_flag(env.get("FIREZONE_TOKEN_IN_HEADER")),
-        max_reconnect_elapsed=_float_env(env, "FIREZONE_MAX_RECONNECT_SECONDS", 900.0),
-        heartbeat_interval=_float_env(env, "FIREZONE_HEARTBEAT_INTERVAL", 30.0),
-        environ=env,
-    )
+    values = settings.parse_all(env)
+    # FIREZONE_ID set but blank is a mistake; unset means "read the ID file".
+    values["firezone_id"] = read_firezone_id(env.get("FIREZONE_ID"), values["id_path"])
+    values["name"] = values["name"] or socket.gethostname() or str(uuid.uuid4())
+    dns = values
+    if dns["dns.min_ttl"] > dns["dns.max_ttl"]:
+        raise ConfigError(f"FIREZONE_DNS_MIN_TTL ({dns['dns.min_ttl']:g}) must not exceed "
+                          f"FIREZONE_DNS_MAX_TTL ({dns['dns.max_ttl']:g})")
+    top: dict[str, Any] = {"token": token}
+    grouped: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for key, value in values.items():
+        section, _, name = key.rpartition(".")
+        (grouped[section] if section else top)[name] = value
+    for section, cls in SECTIONS.items():
+        top[section] = cls(**grouped[section])
+    return Config(**top)
+
+
+def section_fields() -> dict[str, set[str]]:
+    """Field names of each section and of Config itself, for the table-coverage test."""
+    result = {name: {f.name for f in fields(cls)} for name, cls in SECTIONS.items()}
+    result[""] = {f.name for f in fields(Config)} - set(SECTIONS)
+    return result

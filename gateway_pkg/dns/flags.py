@@ -1,8 +1,9 @@
-"""Feature flags, fetched from a PostHog-compatible `/decide` endpoint.
+"""Feature flags, fetched from a PostHog-compatible `/decide` endpoint, and their refresh loop.
 
-Sources, later winning: the default (every flag false), the fetched values, the
-`FZFF_*` env override. Values are read on every use, so a flip applies to the next
-resolution without a restart.
+Sources, later winning: the default (every flag false), the fetched values, the `FZFF_*`
+override. Values are read on every use, so a flip applies to the next resolution without a
+restart. The wiring root awaits `start()` before the portal connects (as upstream does),
+then runs `run()` for the gateway's lifetime.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from gateway_pkg.config import external_id_for
-from gateway_pkg.dns.settings import DnsSettings
+from gateway_pkg.dns.settings import FlagSettings
 
 logger = logging.getLogger("gateway_pkg.dns.flags")
 
@@ -23,13 +23,12 @@ USERSPACE_DNS_FLAG = "gateway-userspace-dns-a-aaaa-records"
 FETCH_TIMEOUT = 5.0
 
 
-# Same rule as the portal's external_id (upstream uses it for PostHog's distinct_id too).
-distinct_id_for = external_id_for
-
-
 class FeatureFlags:
-    def __init__(self, settings: DnsSettings) -> None:
+    """`distinct_id` is the gateway's external id (upstream sends it as PostHog's distinct_id)."""
+
+    def __init__(self, settings: FlagSettings, distinct_id: str = "") -> None:
         self._settings = settings
+        self._distinct_id = distinct_id
         self._override = settings.userspace_dns_override
         self._userspace_dns = False  # false until fetched
 
@@ -39,20 +38,15 @@ class FeatureFlags:
         return self._userspace_dns
 
     @property
-    def interval(self) -> float:
-        return self._settings.feature_flags_interval
-
-    @property
     def fetching_enabled(self) -> bool:
-        return self._settings.telemetry and self._settings.feature_flags_url is not None
+        return self._settings.fetching_enabled
 
-    async def refresh(self, distinct_id: str) -> None:
+    async def refresh(self) -> None:
         """One evaluation; on any error every flag becomes false (upstream's rule)."""
-        url = self._settings.feature_flags_url
+        url = self._settings.url
         if url is None:
             return
-        body = {"api_key": self._settings.feature_flags_api_key,
-                "distinct_id": distinct_id_for(distinct_id)}  # fmt: skip
+        body = {"api_key": self._settings.api_key, "distinct_id": self._distinct_id}
         try:
             response = await asyncio.to_thread(_post_json, url, body)
             flags = response.get("featureFlags")
@@ -65,15 +59,23 @@ class FeatureFlags:
             logger.warning("failed to evaluate feature flags from %s: %s", _redact(url), error)
             self._set(False)
 
-    async def run(self, distinct_id: str) -> None:
-        """Fetch now and then every interval, until cancelled. Returns at once when
-        telemetry is off or no URL is configured: the flags then keep their defaults."""
+    async def start(self) -> None:
+        """The first evaluation, awaited before the portal connects; nothing when not fetching."""
         if not self.fetching_enabled:
             logger.debug("feature flags are not fetched (telemetry off or no URL)")
             return
+        await self.refresh()
+
+    async def run(self, *, first_at_once: bool = True) -> None:
+        """Evaluate every interval until cancelled (first at once unless `start` just did it).
+        Returns at once when telemetry is off or no URL is configured."""
+        if not self.fetching_enabled:
+            return
+        if not first_at_once:
+            await asyncio.sleep(self._settings.interval)
         while True:
-            await self.refresh(distinct_id)
-            await asyncio.sleep(self._settings.feature_flags_interval)
+            await self.refresh()
+            await asyncio.sleep(self._settings.interval)
 
     def _set(self, userspace_dns: bool) -> None:
         if userspace_dns != self._userspace_dns:

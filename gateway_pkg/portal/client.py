@@ -86,7 +86,7 @@ class PortalClient:
         self._public_key = public_key
         self._on_message = on_message
         self._clock = clock
-        self.channel = PhoenixChannel(GATEWAY_TOPIC, heartbeat_interval=config.heartbeat_interval)
+        self.channel = PhoenixChannel(GATEWAY_TOPIC, heartbeat_interval=config.portal.heartbeat_interval)
         self._ws: ClientConnection | None = None
         self._outbox: asyncio.Queue[str] | None = None
         self._stopping = asyncio.Event()
@@ -112,7 +112,7 @@ class PortalClient:
     # --- connection loop --------------------------------------------------------------
 
     async def run(self) -> None:
-        backoff = Backoff(max_elapsed=self._config.max_reconnect_elapsed)
+        backoff = Backoff(max_elapsed=self._config.portal.max_reconnect_elapsed)
         while not self._stopping.is_set():
             try:
                 ws = await self._connect()
@@ -136,7 +136,7 @@ class PortalClient:
             if delay is None:
                 raise RuntimeFailure(
                     "Got disconnected from portal and hit the max-retry limit "
-                    f"({self._config.max_reconnect_elapsed:g} s). Last connection error: {self.last_error}"
+                    f"({self._config.portal.max_reconnect_elapsed:g} s). Last connection error: {self.last_error}"
                 )
             metrics.PORTAL_RECONNECTS.inc()
             log.info("Hiccup in portal connection: %s; retrying in %.1f s", self.last_error, delay)
@@ -145,11 +145,11 @@ class PortalClient:
 
     async def _connect(self) -> ClientConnection:
         config = self._config
-        token = None if config.token_in_header else config.token
-        url = login_url(config.api_url, token=token, external_id=config.external_id,
+        token = None if config.portal.token_in_header else config.token
+        url = login_url(config.portal.api_url, token=token, external_id=config.external_id,
                         name=config.name, public_key=self._public_key)
         headers = {}
-        if config.token_in_header:
+        if config.portal.token_in_header:
             headers["x-authorization"] = f"Bearer {config.token.reveal()}"
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -163,7 +163,7 @@ class PortalClient:
                     url,
                     sock=sock,
                     additional_headers=headers,
-                    user_agent_header=user_agent(config.portal_version),
+                    user_agent_header=user_agent(config.portal.portal_version),
                     proxy=None,
                     open_timeout=None,
                     # Phoenix heartbeats keep the channel alive; WebSocket pings are redundant.

@@ -20,12 +20,13 @@ def load(**overrides):
 
 def test_defaults_match_upstream():
     cfg = load()
-    assert cfg.api_url == "wss://api.firezone.dev"
+    assert cfg.portal.api_url == "wss://api.firezone.dev"
     assert str(cfg.health_check_addr) == "0.0.0.0:8080"
-    assert cfg.log_level == "info" and cfg.log_format == "human"
-    assert cfg.portal_version == "1.4.17"
-    assert cfg.max_reconnect_elapsed == 900
-    assert cfg.heartbeat_interval == 30
+    assert cfg.log.level == "info" and cfg.log.format == "human"
+    assert cfg.portal.portal_version == "1.4.17"
+    assert cfg.portal.max_reconnect_elapsed == 900
+    assert cfg.portal.heartbeat_interval == 30
+    assert cfg.dataplane.udp_port == 52625 and cfg.dataplane.timers.rekey_after_time == 120
 
 
 @pytest.mark.parametrize(
@@ -38,7 +39,7 @@ def test_defaults_match_upstream():
     ],
 )
 def test_api_url_schemes_are_rewritten(raw, expected):
-    assert load(FIREZONE_API_URL=raw).api_url == expected
+    assert load(FIREZONE_API_URL=raw).portal.api_url == expected
 
 
 @pytest.mark.parametrize("raw", ["ftp://x", "portal.example", "wss://", "https://h:notaport", "wss://u:p@h"])
@@ -121,7 +122,7 @@ def test_ipv6_health_address():
 @pytest.mark.parametrize(("raw", "level"), [("info", "info"), ("DEBUG", "debug"), ("gateway=trace,warn", "warn"),
                                             ("", "info"), ("warning", "warn")])
 def test_rust_log_compatibility(raw, level):
-    assert load(RUST_LOG=raw).log_level == level
+    assert load(RUST_LOG=raw).log.level == level
 
 
 def test_bad_rust_log_and_format():
@@ -134,9 +135,22 @@ def test_bad_rust_log_and_format():
 @pytest.mark.parametrize(("raw", "value"), [("1", True), ("true", True), ("yes", True), ("0", False),
                                             ("false", False), ("off", False), ("", False)])
 def test_boolean_env_follows_clap_falsey_rules(raw, value):
-    assert load(FIREZONE_NO_TELEMETRY=raw).no_telemetry is value
+    assert load(FIREZONE_NO_TELEMETRY=raw).flags.no_telemetry is value
 
 
 def test_portal_version_must_be_semver():
     with pytest.raises(ConfigError, match="FIREZONE_PORTAL_VERSION"):
         load(FIREZONE_PORTAL_VERSION="latest")
+
+
+def test_rekey_knob_shortens_both_rekey_and_reject_times():
+    timers = load(FIREZONE_WG_REKEY_AFTER_TIME="3").dataplane.timers
+    assert (timers.rekey_after_time, timers.reject_after_time) == (3, 6)
+
+
+@pytest.mark.parametrize("key", ["FIREZONE_WG_REKEY_AFTER_TIME", "FIREZONE_HEARTBEAT_INTERVAL",
+                                 "FIREZONE_MAX_RECONNECT_SECONDS", "FIREZONE_FEATURE_FLAGS_INTERVAL"])
+def test_positive_seconds_reject_zero_and_words(key):
+    for raw in ("0", "-1", "soon", "nan"):
+        with pytest.raises(ConfigError, match=key):
+            load(**{key: raw})

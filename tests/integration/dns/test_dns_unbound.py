@@ -19,7 +19,7 @@ from gateway_pkg.dns.base import ResolveError
 from gateway_pkg.dns.flags import USERSPACE_DNS_FLAG, FeatureFlags
 from gateway_pkg.dns.metrics import DnsStats
 from gateway_pkg.dns.resolver import build_resolver
-from gateway_pkg.dns.settings import DnsSettings
+from gateway_pkg.dns.settings import DnsSettings, FlagSettings
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +36,11 @@ def settings_for(unbound, **changes) -> DnsSettings:
 
 
 def resolver_for(unbound, *, flag: bool, clock=time.monotonic, stats=None, **changes):
-    settings = settings_for(unbound, userspace_dns_override=flag, **changes)
+    settings = settings_for(unbound, **changes)
     stats = stats or DnsStats()
     return build_resolver(
         settings,
-        FeatureFlags(settings),
+        FeatureFlags(FlagSettings(userspace_dns_override=flag)),
         stats=stats,
         clock=clock,
         system_lookup=stub_lookup_via(unbound),
@@ -261,10 +261,11 @@ async def decide():
 
 
 async def test_flag_flips_at_runtime_through_decide(unbound, decide):
-    settings = settings_for(unbound, feature_flags_url=decide["url"], feature_flags_interval=0.1)
-    flags, stats = FeatureFlags(settings), DnsStats()
+    settings = settings_for(unbound)
+    flags = FeatureFlags(FlagSettings(url=decide["url"], interval=0.1), "gateway-under-test")
+    stats = DnsStats()
     resolver = build_resolver(settings, flags, stats=stats, system_lookup=stub_lookup_via(unbound))
-    runner = asyncio.create_task(flags.run("gateway-under-test"))
+    runner = asyncio.create_task(flags.run())
     try:
         await resolver.resolve("busy.test")
         assert (stats.legacy.cache_misses, stats.userspace.cache_misses) == (1, 0)
@@ -287,13 +288,10 @@ async def test_flag_flips_at_runtime_through_decide(unbound, decide):
 async def test_env_override_beats_decide(unbound, decide):
     decide["flags"] = {USERSPACE_DNS_FLAG: True}
     for override, path in ((False, "legacy"), (True, "userspace")):
-        settings = settings_for(
-            unbound,
-            feature_flags_url=decide["url"],
-            userspace_dns_override=override,
-        )
-        flags, stats = FeatureFlags(settings), DnsStats()
-        await flags.refresh("gw")
+        settings = settings_for(unbound)
+        flags = FeatureFlags(FlagSettings(url=decide["url"], userspace_dns_override=override), "gw")
+        stats = DnsStats()
+        await flags.refresh()
         resolver = build_resolver(settings, flags, stats=stats, system_lookup=stub_lookup_via(unbound))
         await resolver.resolve("busy.test")
         assert stats.paths[path].cache_misses == 1

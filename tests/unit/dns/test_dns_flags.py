@@ -11,10 +11,11 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gateway_pkg.dns.flags import USERSPACE_DNS_FLAG, FeatureFlags, distinct_id_for
+from gateway_pkg.config import external_id_for
+from gateway_pkg.dns.flags import USERSPACE_DNS_FLAG, FeatureFlags
 from gateway_pkg.dns.metrics import register
 from gateway_pkg.dns.resolver import build_resolver
-from gateway_pkg.dns.settings import DnsSettings
+from gateway_pkg.dns.settings import FlagSettings
 
 
 async def eventually(condition, deadline: float = 5.0) -> None:
@@ -50,51 +51,54 @@ async def decide():
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    port = runner.addresses[0][1]
     endpoint.url = f"http://127.0.0.1:{port}/decide"
     yield endpoint
     await runner.cleanup()
 
 
 def test_false_until_fetched():
-    assert FeatureFlags(DnsSettings()).gateway_userspace_dns_a_aaaa_records() is False
+    assert FeatureFlags(FlagSettings()).gateway_userspace_dns_a_aaaa_records() is False
 
 
 async def test_fetched_value_and_errors_turn_it_off(decide):
-    flags = FeatureFlags(DnsSettings(feature_flags_url=decide.url))
+    flags = FeatureFlags(FlagSettings(url=decide.url), "gw-1")
     decide.flags = {USERSPACE_DNS_FLAG: True}
-    await flags.refresh("gw-1")
+    await flags.refresh()
     assert flags.gateway_userspace_dns_a_aaaa_records() is True
     assert decide.requests[-1] == {"api_key": "firezone-gateway-py", "distinct_id": "gw-1"}
     decide.status = 500
-    await flags.refresh("gw-1")
+    await flags.refresh()
     assert flags.gateway_userspace_dns_a_aaaa_records() is False
     decide.status, decide.flags = 200, {USERSPACE_DNS_FLAG: "variant-a"}
-    await flags.refresh("gw-1")
+    await flags.refresh()
     assert flags.gateway_userspace_dns_a_aaaa_records() is False
 
 
-async def test_unreachable_endpoint_means_off():
+async def test_unreachable_endpoint_means_off(decide):
+    flags = FeatureFlags(FlagSettings(url=decide.url))
+    decide.flags = {USERSPACE_DNS_FLAG: True}
+    await flags.refresh()
+    assert flags.gateway_userspace_dns_a_aaaa_records() is True
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    flags = FeatureFlags(DnsSettings(feature_flags_url=f"http://127.0.0.1:{port}/decide"))
-    flags._userspace_dns = True
-    await flags.refresh("gw")
-    assert flags.gateway_userspace_dns_a_aaaa_records() is False
+    unreachable = FeatureFlags(FlagSettings(url=f"http://127.0.0.1:{port}/decide"))
+    await unreachable.refresh()
+    assert unreachable.gateway_userspace_dns_a_aaaa_records() is False
 
 
 async def test_env_override_wins_over_fetched(decide):
     decide.flags = {USERSPACE_DNS_FLAG: True}
-    flags = FeatureFlags(DnsSettings(feature_flags_url=decide.url, userspace_dns_override=False))
-    await flags.refresh("gw")
+    flags = FeatureFlags(FlagSettings(url=decide.url, userspace_dns_override=False))
+    await flags.refresh()
     assert flags.gateway_userspace_dns_a_aaaa_records() is False
-    assert FeatureFlags(DnsSettings(userspace_dns_override=True)).gateway_userspace_dns_a_aaaa_records()
+    assert FeatureFlags(FlagSettings(userspace_dns_override=True)).gateway_userspace_dns_a_aaaa_records()
 
 
 async def test_run_re_evaluates_every_interval(decide):
-    flags = FeatureFlags(DnsSettings(feature_flags_url=decide.url, feature_flags_interval=0.02))
-    task = asyncio.create_task(flags.run("gw"))
+    flags = FeatureFlags(FlagSettings(url=decide.url, interval=0.02))
+    task = asyncio.create_task(flags.run())
     try:
         await eventually(lambda: bool(decide.requests))
         assert not flags.gateway_userspace_dns_a_aaaa_records()
@@ -105,20 +109,21 @@ async def test_run_re_evaluates_every_interval(decide):
 
 
 async def test_run_does_nothing_without_telemetry_or_url(decide):
-    await FeatureFlags(DnsSettings(feature_flags_url=decide.url, telemetry=False)).run("gw")
-    await FeatureFlags(DnsSettings()).run("gw")
+    await FeatureFlags(FlagSettings(url=decide.url, no_telemetry=True)).run()
+    await FeatureFlags(FlagSettings()).run()
+    await FeatureFlags(FlagSettings(url=decide.url, no_telemetry=True)).start()
     assert decide.requests == []
 
 
 def test_distinct_id_hashes_uuids_only():
     uuid = "3f0b7c52-9a0f-4c55-9d6b-8b2f0b0b7c11"
-    assert distinct_id_for(uuid) == hashlib.sha256(uuid.encode()).hexdigest()
-    assert distinct_id_for("a" * 64) == "a" * 64
+    assert external_id_for(uuid) == hashlib.sha256(uuid.encode()).hexdigest()
+    assert external_id_for("a" * 64) == "a" * 64
 
 
-async def test_flag_picks_the_path_per_call(settings, stats, clock, upstream):
+async def test_flag_picks_the_path_per_call(settings, stats, clock, upstream, decide):
     upstream.set("app.test.", "A", 60, "192.0.2.1")
-    flags = FeatureFlags(settings)
+    flags = FeatureFlags(FlagSettings(url=decide.url))
 
     def system(name, family):
         if family == socket.AF_INET:
@@ -127,9 +132,11 @@ async def test_flag_picks_the_path_per_call(settings, stats, clock, upstream):
 
     resolver = build_resolver(settings, flags, stats=stats, clock=clock, send=upstream, system_lookup=system)
     assert await resolver.resolve("app.test") == [ipaddress.IPv4Address("198.51.100.1")]
-    flags._userspace_dns = True
+    decide.flags = {USERSPACE_DNS_FLAG: True}
+    await flags.refresh()
     assert await resolver.resolve("app.test") == [ipaddress.IPv4Address("192.0.2.1")]
-    flags._userspace_dns = False
+    decide.flags = {}
+    await flags.refresh()
     assert await resolver.resolve("app.test") == [ipaddress.IPv4Address("198.51.100.1")]
 
     registry = CollectorRegistry()
