@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-netns test unit lint lint-python lint-ansible bench e2e deps venv wheelhouse docs-ansible clean help
+.PHONY: demo demo-netns test unit lint lint-python lint-ansible bench e2e deps venv wheelhouse docs-ansible docs-config clean help
 
 help:
 	@echo "make demo   - site.yml rolls out two gateway containers; tunnel and DNS TTL proven; summary table"
@@ -54,6 +54,7 @@ lint: lint-python lint-ansible
 lint-python: venv
 	@$(BIN)/ruff check gateway_pkg tests bench scripts tools molecule
 	@$(BIN)/mypy gateway_pkg
+	@$(BIN)/python tools/gen_config_docs.py --check
 
 # ansible-lint (production profile), yamllint, defaults vs argument_specs, the generated
 # variable table, a syntax check of every playbook, shellcheck of the shell tools.
@@ -72,6 +73,10 @@ wheelhouse: venv
 
 docs-ansible: venv
 	@$(BIN)/python tools/gen_role_docs.py
+
+# docs/configuration.md, from the settings table in gateway_pkg/settings.py.
+docs-config: venv
+	@$(BIN)/python tools/gen_config_docs.py
 
 bench: deps venv
 	@for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

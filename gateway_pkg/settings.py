@@ -241,7 +241,7 @@ class Setting:
     help: str
     flag: str | None = None  # long option; None: env only (the token, by design)
     short: str | None = None
-    group: str = "Gateway"
+    group: str = ""  # the section of docs/configuration.md
     # Test and tuning knobs: documented in their own table, not shown by --help.
     advanced: bool = False
 
@@ -259,7 +259,7 @@ class Setting:
 
 
 def _s(env: str, field: str, kind: Kind, default: str, help_text: str, flag: str | None = "",
-       short: str | None = None, group: str = "Gateway", advanced: bool = False) -> Setting:
+       short: str | None = None, group: str = "", advanced: bool = False) -> Setting:
     """A row; the flag defaults to the env name without FIREZONE_, kebab-cased."""
     if flag == "":
         flag = "--" + env.removeprefix("FIREZONE_").lower().replace("_", "-")
@@ -295,7 +295,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("FIREZONE_LOG_FORMAT", "log.format", _choice("human", "json"), "human",
        "Log line format.", group=LOGGING),
     _s("FIREZONE_NO_CHECK", "no_check", BOOLEAN, "false",
-       "Skip the root/CAP_NET_ADMIN check at start.", group="Gateway"),
+       "Skip the root/CAP_NET_ADMIN check at start.", group=DATAPLANE),
     _s("FIREZONE_NO_TELEMETRY", "flags.no_telemetry", BOOLEAN, "false",
        "No telemetry: feature flags are then never fetched.", group=FLAGS),
     _s("FIREZONE_FEATURE_FLAGS_URL", "flags.url", Kind("URL", _http_url), "",
