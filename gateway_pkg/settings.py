@@ -68,9 +68,10 @@ def _optional_seconds(raw: str) -> float | None:
     return _seconds(positive=True).parse(raw) if raw else None
 
 
-def _port(raw: str) -> int:
-    if not raw.isdigit() or not 0 <= int(raw) <= 65535:
-        raise Invalid(f"must be a port number (0-65535), got {raw!r}")
+def port_number(raw: str, minimum: int = 0) -> int:
+    """The one port parser: decimal digits only, `minimum`..65535."""
+    if not raw.isdigit() or not minimum <= int(raw) <= 65535:
+        raise Invalid(f"must be a port number ({minimum}-65535), got {raw!r}")
     return int(raw)
 
 
@@ -152,9 +153,11 @@ def parse_health_addr(raw: str) -> HealthAddress:
         ipaddress.ip_address(host)
     except ValueError:
         raise Invalid(f"needs an IP address, got {host!r}") from None
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise Invalid(f"has an invalid port {port_text!r}")
-    return HealthAddress(host, int(port_text))
+    try:
+        port = port_number(port_text)
+    except Invalid:
+        raise Invalid(f"has an invalid port {port_text!r}") from None
+    return HealthAddress(host, port)
 
 
 def parse_log_level(raw: str) -> str:
@@ -214,15 +217,16 @@ def parse_nameservers(raw: str) -> tuple[Nameserver, ...]:
 
 
 def _nameserver_port(item: str, text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise Invalid(f": {item!r} has an invalid port")
-    return int(text)
+    try:
+        return port_number(text, minimum=1)
+    except Invalid:
+        raise Invalid(f": {item!r} has an invalid port") from None
 
 
 SECONDS = _seconds()
 POSITIVE_SECONDS = _seconds(positive=True)
 BOOLEAN = Kind("boolean", env_flag)
-PORT = Kind("port", _port)
+PORT = Kind("port", port_number)
 COUNT = Kind("positive integer", _positive_int)
 TEXT = Kind("text", _text)
 PATH = Kind("path", _text)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import os
 import sys
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from typing import NoReturn
 
 from gateway_pkg import __version__, logs
 from gateway_pkg.errors import ConfigError
+from gateway_pkg.settings import Invalid, parse_health_addr
 
 PROG = "firezone-dev-portal"
 
@@ -50,15 +50,11 @@ def _read_tokens(path: str) -> list[str]:
 
 
 def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
+        address = parse_health_addr(text.strip())
+    except Invalid:
         raise ConfigError(f"--listen needs IP:PORT, got {text!r}") from None
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"--listen needs IP:PORT, got {text!r}")
-    return host, int(port)
+    return address.host, address.port
 
 
 def main(argv: Sequence[str] | None = None) -> int:
