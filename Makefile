@@ -62,6 +62,7 @@ lint-ansible: venv
 	@$(BIN)/yamllint -s roles playbooks molecule .yamllint .ansible-lint
 	@PATH=$(abspath $(BIN)):$$PATH $(BIN)/ansible-lint -q --profile production roles playbooks
 	@$(BIN)/python tools/check_argument_specs.py
+	@$(BIN)/python tools/check_facts.py
 	@$(BIN)/python tools/gen_role_docs.py --check
 	@for p in playbooks/*.yml; do $(BIN)/ansible-playbook -i inventory.example --syntax-check $$p >/dev/null || exit 1; done
 	@if command -v shellcheck >/dev/null; then shellcheck tools/*.sh scripts/*.sh molecule/shared/*.sh molecule/shared/files/*.sh; \

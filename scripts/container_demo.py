@@ -29,13 +29,13 @@ import sys
 import time
 from pathlib import Path
 
+from gateway_pkg.netconst import SYSCTLS
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT / "molecule" / "shared"
 WORK = ROOT / ".cache" / "demo"
 NET, NETWORK = "10.89.70", "fz-demo"
 LAB, CLIENT, GATEWAYS = "fz-demo-lab", "fz-demo-client", ["fz-demo-gw1", "fz-demo-gw2"]
-SYSCTLS = ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.src_valid_mark=1", "net.ipv6.conf.all.disable_ipv6=0",
-           "net.ipv6.conf.all.forwarding=1", "net.ipv6.conf.default.forwarding=1"]
 LEGACY_TTL = 10
 T0 = time.monotonic()
 timings: list[tuple[str, float]] = []
@@ -89,7 +89,8 @@ def start_containers(base: str, lab: str, token: str) -> None:
     run("podman", "network", "create", "--subnet", f"{NET}.0/24", NETWORK, capture=True)
     common = ["--cap-add", "NET_ADMIN", "--device", "/dev/net/tun", "--network", NETWORK, "--label", "fz-demo=1"]
     hosts = [(LAB, lab, 10, []), (CLIENT, lab, 20, [])]
-    hosts += [(gw, base, 31 + i, [a for s in SYSCTLS for a in ("--sysctl", s)]) for i, gw in enumerate(GATEWAYS)]
+    sysctls = [a for key, value in SYSCTLS.items() for a in ("--sysctl", f"{key}={value}")]
+    hosts += [(gw, base, 31 + i, sysctls) for i, gw in enumerate(GATEWAYS)]
     for name, image, octet, extra in hosts:
         run("podman", "run", "-d", "--name", name, "--hostname", name, "--ip", f"{NET}.{octet}", *common, *extra,
             image, capture=True)
