@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`make demo`: a gateway joins the development portal and carries a WireGuard client's traffic.
+"""`make demo-netns`: a gateway joins the development portal and carries a WireGuard client's traffic.
 
 Everything runs on this machine in network namespaces the demo creates and removes:
 the dev portal, our gateway, a stock wireguard-go client, HTTP resources and unbound.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make e2e`: the Molecule scenarios in podman containers (molecule/; README "End-to-end").
+# `make e2e`: the Molecule scenarios in podman containers (molecule/; docs/testing.md).
 # Installs what it needs on a Debian 12 machine (root): podman and friends from apt, molecule
 # and its podman plugin into .venv; builds the images if absent (cached by recipe hash), the
 # wheelhouse the role installs and the dev portal wheels of the lab; runs every scenario (or

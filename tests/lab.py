@@ -1,6 +1,6 @@
 """The namespace lab, running: dev portal, gateway, resource servers, DNS, a wireguard-go client.
 
-Shared by the integration tests (through conftest fixtures), the benchmarks and `make demo`.
+Shared by the integration tests (through conftest fixtures), the benchmarks and `make demo-netns`.
 """
 
 from __future__ import annotations

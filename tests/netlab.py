@@ -1,6 +1,6 @@
 """A three-host lab in network namespaces: client ── gateway ── resource, plus a management link.
 
-Used by the data-plane integration tests, the benchmarks and `make demo`. Every name carries
+Used by the data-plane integration tests, the benchmarks and `make demo-netns`. Every name carries
 a random tag so that runs never collide; `down()` removes everything `up()` made and stops
 every process the lab started, by PID.
 

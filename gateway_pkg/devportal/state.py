@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Gateways get addresses from the top /16 of the device range so that clients can pick
-# theirs anywhere else in 100.64.0.0/11 (documented in the README).
+# theirs anywhere else in 100.64.0.0/11 (documented in docs/devportal.md).
 GATEWAY_V4_BASE = ipaddress.IPv4Address("100.95.0.0")
 GATEWAY_V6_BASE = ipaddress.IPv6Address("fd00:2021:1111::1f:0")
 GATEWAY_SLOTS = 65534

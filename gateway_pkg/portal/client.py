@@ -34,7 +34,8 @@ log = logging.getLogger("gateway_pkg.portal")
 
 GATEWAY_TOPIC = "gateway"
 CONNECT_TIMEOUT = 5.0
-# Marks the gateway's own sockets so they bypass the tunnel routing table (facts §3.1).
+# Marks the gateway's own sockets so they bypass the tunnel routing table
+# (../shared/reference/firezone-gateway-facts.md §3.1).
 SO_MARK = getattr(socket, "SO_MARK", 36)
 # Frames above the channel core's 1 MiB limit are skipped there; the transport allows a bit
 # more so that an oversized frame is logged and skipped instead of closing the socket.

@@ -1,4 +1,5 @@
-"""The portal login URL and the headers of the WebSocket upgrade (facts §2.1)."""
+"""The portal login URL and the headers of the WebSocket upgrade
+(../shared/reference/firezone-gateway-facts.md §2.1)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Typed portal messages on the `gateway` topic: parsers for what the portal sends,
-builders for what the gateway sends (upstream `messages/gateway.rs`, facts §2.4-§2.5).
+builders for what the gateway sends (upstream `messages/gateway.rs`,
+../shared/reference/firezone-gateway-facts.md §2.4-§2.5).
 
 `parse_ingress` raises `MalformedMessage` (bad shape) or `UnknownEvent` (forward
 compatibility: skipped by the caller) and nothing else, whatever the payload.

@@ -17,7 +17,7 @@ for metrics: "malformed", "spoofed_source", "not_for_client", "not_authorized",
 "expired", "filtered", "nat_unmapped", "nat_unsupported", "nat_no_session",
 "nat_ports_exhausted".
 
-Rules (upstream `ClientOnGateway`, facts §3.4):
+Rules (upstream `ClientOnGateway`, ../shared/reference/firezone-gateway-facts.md §3.4):
 - outbound: the source must be the client's tunnel IPv4/IPv6; the gateway's own TUN IPs
   are always reachable; otherwise the destination must be covered by an authorized,
   unexpired resource (CIDR network, DNS proxy IP assigned by the client, or the internet

@@ -1,4 +1,5 @@
-"""The TUN device `tun-firezone`: open it, address it, route to it (facts §3.1).
+"""The TUN device `tun-firezone`: open it, address it, route to it
+(../shared/reference/firezone-gateway-facts.md §3.1).
 
 Routes for the tunnel ranges live in their own table, entered through an inverted fwmark
 rule: everything except the gateway's own marked sockets is routed into the tunnel.

@@ -1,6 +1,6 @@
 """The WireGuard UDP sockets: IPv4 and IPv6 on 52625 (ephemeral if taken), marked, large buffers.
 
-Measured here (performance.md): asyncio's DatagramProtocol handled only 26-38 kpps and
+Measured here (docs/dataplane.md): asyncio's DatagramProtocol handled only 26-38 kpps and
 dropped most packets, while `add_reader` draining many `recvfrom_into` per wakeup handled
 180-200 kpps; so the data plane reads these sockets itself in batches.
 """
