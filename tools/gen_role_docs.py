@@ -3,8 +3,9 @@
 
 Writes one Markdown table per role between the markers
     <!-- BEGIN GENERATED VARIABLES: <role> -->  and  <!-- END GENERATED VARIABLES: <role> -->
-in the target document (default README.md). With --check it changes nothing and exits 1
-if the document is out of date (for `make lint`).
+in the role's own README (roles/<role>/README.md), or with --doc in one given document for
+all roles. With --check it changes nothing and exits 1 if a document is out of date (for
+`make lint`).
 """
 
 from __future__ import annotations
@@ -64,12 +65,16 @@ def role_table(role_dir: Path) -> str:
     return "\n".join(lines)
 
 
+class MarkersMissing(Exception):
+    pass
+
+
 def render(document: str, roles: list[Path]) -> str:
     for role in roles:
         begin = f"<!-- BEGIN GENERATED VARIABLES: {role.name} -->"
         end = f"<!-- END GENERATED VARIABLES: {role.name} -->"
         if begin not in document or end not in document:
-            raise SystemExit(f"markers for {role.name} not found; add:\n{begin}\n{end}")
+            raise MarkersMissing(f"markers for {role.name} not found; add:\n{begin}\n{end}")
         head, rest = document.split(begin, 1)
         _, tail = rest.split(end, 1)
         document = f"{head}{begin}\n{role_table(role)}\n{end}{tail}"
@@ -77,23 +82,35 @@ def render(document: str, roles: list[Path]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--doc", type=Path, default=Path("README.md"))
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--doc", type=Path, default=None,
+                        help="one document for all roles (default: each role's own README.md)")
     parser.add_argument("--roles", type=Path, default=Path("roles"))
-    parser.add_argument("--check", action="store_true", help="exit 1 if the document is out of date")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a document is out of date")
     args = parser.parse_args(argv)
+    if not args.roles.is_dir():
+        print(f"gen_role_docs: {args.roles} is not a directory", file=sys.stderr)
+        return 2
     roles = sorted(p for p in args.roles.iterdir() if (p / "meta" / "argument_specs.yml").is_file())
-    current = args.doc.read_text(encoding="utf-8")
-    wanted = render(current, roles)
-    if args.check:
-        if wanted != current:
-            print(f"{args.doc} is out of date: run tools/gen_role_docs.py")
-            return 1
-        return 0
-    if wanted != current:
-        args.doc.write_text(wanted, encoding="utf-8")
-        print(f"updated {args.doc}")
-    return 0
+    targets = [(args.doc, roles)] if args.doc else [(role / "README.md", [role]) for role in roles]
+    status = 0
+    for doc, doc_roles in targets:
+        try:
+            current = doc.read_text(encoding="utf-8")
+            wanted = render(current, doc_roles)
+        except (OSError, MarkersMissing) as exc:
+            print(f"gen_role_docs: {doc}: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        if wanted == current:
+            continue
+        if args.check:
+            print(f"{doc} is out of date: run tools/gen_role_docs.py (make docs-ansible)")
+            status = 1
+        else:
+            doc.write_text(wanted, encoding="utf-8")
+            print(f"updated {doc}")
+    return status
 
 
 if __name__ == "__main__":
