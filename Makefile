@@ -55,6 +55,7 @@ lint-python: venv
 	@$(BIN)/ruff check gateway_pkg tests bench scripts tools molecule
 	@$(BIN)/mypy gateway_pkg
 	@$(BIN)/python tools/gen_config_docs.py --check
+	@$(BIN)/python tools/check_doc_refs.py
 
 # ansible-lint (production profile), yamllint, defaults vs argument_specs, the generated
 # variable table, a syntax check of every playbook, shellcheck of the shell tools.
