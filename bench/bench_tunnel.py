@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from gateway_pkg.netconst import TUN_MTU, TUN_TXQUEUELEN  # noqa: E402
 from tests import netlab  # noqa: E402
 from tests.lab import LAB_TOKEN, Lab  # noqa: E402
 from tests.netlab import NetLab, sh  # noqa: E402
@@ -130,8 +131,8 @@ class Bench:
         sh("wg", "set", ifname, "private-key", str(keyfile), "listen-port", str(WGGO_PORT),
            "peer", client.public_key, "preshared-key", str(pskfile), "allowed-ips", f"{WGGO_SRC}/32", ns=gw_ns)
         sh("ip", "addr", "add", f"{WGGO_TUNNEL_IP}/32", "dev", ifname, ns=gw_ns)
-        # Same MTU and queue length as tun-firezone (gateway_pkg/tunnel/tun.py).
-        sh("ip", "link", "set", ifname, "mtu", "1280", "txqueuelen", "10000", "up", ns=gw_ns)
+        # Same MTU and queue length as tun-firezone.
+        sh("ip", "link", "set", ifname, "mtu", str(TUN_MTU), "txqueuelen", str(TUN_TXQUEUELEN), "up", ns=gw_ns)
         sh("ip", "route", "add", f"{WGGO_SRC}/32", "dev", ifname, ns=gw_ns)
         sh("ip", "rule", "add", "to", f"{WGGO_SRC}/32", "lookup", "main", "priority", str(WGGO_RULE_PRIORITY),
            ns=gw_ns)
