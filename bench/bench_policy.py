@@ -13,8 +13,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway_pkg.resources import CidrResource, DnsResource, Filter, InternetResource
-from gateway_pkg.tunnel.packet import TCP_ACK, IpPacket, build_tcp, build_udp
+from gateway_pkg.tunnel.packet import TCP_ACK, IpPacket
 from gateway_pkg.tunnel.policy import ClientPolicy, TunAddresses
+from tests.packets import build_tcp, build_udp
 
 C4, C6 = "100.64.0.2", "fd00:2021:1111::2"
 PAYLOAD = bytes(1420 - 40)

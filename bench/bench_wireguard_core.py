@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 import struct
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from nacl.bindings import (
@@ -20,9 +22,11 @@ from nacl.bindings import (
     crypto_aead_chacha20poly1305_ietf_encrypt,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.wireguard_support
+
 from gateway_pkg.wireguard import WireGuardDevice, keys
 from gateway_pkg.wireguard.primitives import hmac, mac
-from gateway_pkg.wireguard.testing import icmp_echo
+from tests.wireguard_support import icmp_echo
 
 PAYLOAD = 1420
 NONCE = struct.Struct("<4xQ")

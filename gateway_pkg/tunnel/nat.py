@@ -41,13 +41,17 @@ from typing import Final
 
 from gateway_pkg.resources import IPAddress
 from gateway_pkg.tunnel.packet import (
+    DST_OFFSET,
     PROTO_ICMP,
     PROTO_ICMPV6,
     PROTO_TCP,
     PROTO_UDP,
+    SRC_OFFSET,
     TCP_RST,
     IpPacket,
     checksum_adjust_u16,
+    destination,
+    fixed_header,
     internet_checksum,
     pseudo_header_sum,
 )
@@ -336,7 +340,7 @@ class DnsResourceNat:
         l4 = p.header_len
         l4_len = p.total_len - l4
         _, outside_port, real = session.outside
-        _rewrite_address(buf, version, 0, 16 if version == 4 else 24, real, protocol, l4, l4_len)
+        _rewrite_address(buf, version, 0, DST_OFFSET[version], real, protocol, l4, l4_len)
         if outside_port != port:
             _rewrite_u16(buf, _port_offset(p, True), outside_port, protocol, version, l4, l4_len)
         if p.tcp_flags & TCP_RST:
@@ -373,7 +377,7 @@ class DnsResourceNat:
         l4 = p.header_len
         l4_len = p.total_len - l4
         proxy = session.inside[2]
-        _rewrite_address(buf, version, 0, 12 if version == 4 else 8, proxy, protocol, l4, l4_len)
+        _rewrite_address(buf, version, 0, SRC_OFFSET[version], proxy, protocol, l4, l4_len)
         inside_port = session.inside[1]
         if inside_port != session.outside[1]:
             _rewrite_u16(buf, _port_offset(p, False), inside_port, protocol, version, l4, l4_len)
@@ -391,25 +395,16 @@ class DnsResourceNat:
         inner = p.header_len + 8
         end = p.total_len
         buf = p.buf
-        if end - inner < 20:
+        quote = buf[inner:end]
+        header = fixed_header(quote)
+        real = destination(quote)
+        if header is None or real is None:
             return None
-        version = buf[inner] >> 4
+        version, ihl, protocol = header  # extension headers in quotes are not followed
         if version != p.version:
             return None
-        if version == 4:
-            ihl = (buf[inner] & 0x0F) * 4
-            if ihl < 20 or end - inner < ihl:
-                return None
-            protocol = buf[inner + 9]
-            dst_offset = inner + 16
-            addr_len = 4
-        else:
-            if end - inner < 40:
-                return None
-            ihl = 40
-            protocol = buf[inner + 6]  # extension headers in quotes are not followed
-            dst_offset = inner + 24
-            addr_len = 16
+        dst_offset = inner + DST_OFFSET[version]
+        addr_len = len(real)
         l4 = inner + ihl
         l4_len = end - l4
         if protocol in (PROTO_TCP, PROTO_UDP):
@@ -423,7 +418,6 @@ class DnsResourceNat:
         else:
             return None
         (port,) = struct.unpack_from("!H", buf, port_offset)
-        real = bytes(buf[dst_offset : dst_offset + addr_len])
         session = self._by_outside.get((protocol, port, real))
         if session is None or session.expires_at <= now:
             return None
@@ -433,7 +427,7 @@ class DnsResourceNat:
         if session.inside[1] != port:
             _rewrite_u16(out, port_offset, session.inside[1], protocol, version, l4, l4_len)
         # The outer source becomes the proxy IP.
-        outer_src = 12 if version == 4 else 8
+        outer_src = SRC_OFFSET[version]
         out[outer_src : outer_src + addr_len] = proxy
         if version == 4:
             out[10:12] = b"\x00\x00"

@@ -14,7 +14,9 @@ Public API:
 - `decode(packet) -> AssignedIps | DomainStatus | Goodbye | UnknownEvent`; raises
   `P2pControlError` (a `ValueError`) for anything malformed, never another exception.
 - `encode_domain_status(resource, domain, active)`, `encode_goodbye()`,
-  `encode_assigned_ips(resource, domain, proxy_ips)` (the client side, for tests).
+  `encode_assigned_ips(resource, domain, proxy_ips)` (the client side, for tests);
+  `encode(event_type, payload)` frames any event type and raw payload, which the typed
+  encoders build on and tests use to craft events the typed ones never produce.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from gateway_pkg.resources import IPAddress
+from gateway_pkg.tunnel.packet import build_ipv6, total_length, version
 
 ASSIGNED_IPS: Final = 0
 DOMAIN_STATUS: Final = 1
@@ -33,6 +36,7 @@ GOODBYE: Final = 2
 NEXT_HEADER: Final = 0xFF
 _HEADER_LEN: Final = 8
 _UNSPECIFIED: Final = bytes(16)
+_BOTH_UNSPECIFIED: Final = _UNSPECIFIED + _UNSPECIFIED  # source and destination
 # Upstream sizes the largest AssignedIps (a 253-byte name and 8 addresses) at 402 bytes;
 # anything much larger is not a control event we produce or accept.
 MAX_PAYLOAD: Final = 1280 - 40 - _HEADER_LEN
@@ -76,21 +80,23 @@ P2pEvent = AssignedIps | DomainStatus | Goodbye | UnknownEvent
 
 def is_p2p_control(packet: bytes | bytearray) -> bool:
     """True for an IPv6 packet `::` -> `::` with next header 0xFF."""
+    # Byte 6 first: it is 0xFF for almost no ordinary packet (IPv4: flags and fragment
+    # offset), so the test costs one comparison on the traffic it runs for.
     return (
         len(packet) >= 40 + _HEADER_LEN
-        and packet[0] >> 4 == 6
         and packet[6] == NEXT_HEADER
-        and packet[8:40] == _UNSPECIFIED + _UNSPECIFIED
+        and version(packet) == 6
+        and packet[8:40] == _BOTH_UNSPECIFIED
     )
 
 
-def _encode(event_type: int, payload: bytes) -> bytes:
+def encode(event_type: int, payload: bytes) -> bytes:
+    """One control packet: the 8-byte event header and `payload` (JSON for known events)."""
     body = bytes((event_type, 0, 0, 0, 0, 0, 0, 0)) + payload
     if len(body) > MAX_PAYLOAD + _HEADER_LEN:
         raise ValueError("control payload too large")
     # Hop limit 0, as upstream: the packet never leaves the tunnel.
-    header = b"\x60\x00\x00\x00" + len(body).to_bytes(2, "big") + bytes((NEXT_HEADER, 0)) + _UNSPECIFIED + _UNSPECIFIED
-    return header + body
+    return build_ipv6(_UNSPECIFIED, _UNSPECIFIED, NEXT_HEADER, body, hop_limit=0)
 
 
 def _json(obj: object) -> bytes:
@@ -99,15 +105,15 @@ def _json(obj: object) -> bytes:
 
 def encode_domain_status(resource: str, domain: str, active: bool) -> bytes:
     status = STATUS_ACTIVE if active else STATUS_INACTIVE
-    return _encode(DOMAIN_STATUS, _json({"resource": resource, "domain": domain, "status": status}))
+    return encode(DOMAIN_STATUS, _json({"resource": resource, "domain": domain, "status": status}))
 
 
 def encode_goodbye() -> bytes:
-    return _encode(GOODBYE, b"")
+    return encode(GOODBYE, b"")
 
 
 def encode_assigned_ips(resource: str, domain: str, proxy_ips: list[IPAddress] | tuple[IPAddress, ...]) -> bytes:
-    return _encode(
+    return encode(
         ASSIGNED_IPS,
         _json({"resource": resource, "domain": domain, "proxy_ips": [str(ip) for ip in proxy_ips]}),
     )
@@ -134,11 +140,11 @@ def decode(packet: bytes | bytearray) -> P2pEvent:
     """Decode one control packet (check `is_p2p_control` first)."""
     if not is_p2p_control(packet):
         raise P2pControlError("not a p2p control packet")
-    length = int.from_bytes(packet[4:6], "big")
-    if length < _HEADER_LEN or 40 + length > len(packet):
+    length = total_length(packet)
+    if length is None or length < 40 + _HEADER_LEN or length > len(packet):
         raise P2pControlError("bad payload length")
     event_type = packet[40]
-    payload = bytes(packet[40 + _HEADER_LEN : 40 + length])
+    payload = bytes(packet[40 + _HEADER_LEN : length])
     if event_type == GOODBYE:
         return Goodbye()
     if event_type == ASSIGNED_IPS:

@@ -1,8 +1,11 @@
-"""Minimal IPv4/IPv6 packet views, checksum helpers and builders.
+"""Minimal IPv4/IPv6 packet views, checksum helpers and the two IP builders.
 
-This is the parsing layer under the per-packet policy and NAT, so it is written for the
-hot path: one `IpPacket` per packet, fields read with `struct.unpack_from` straight from
-the buffer, no copies of the payload.
+This is the one IP-header parser of the gateway: the per-packet policy and NAT parse a
+whole `IpPacket`, while the hot paths that need a single field (the TUN read loop, the
+WireGuard device's padding trim, the p2p-control test) use the header helpers, which
+read that field straight from the buffer and allocate nothing but the returned slice.
+Both are written for the hot path: fields read with `struct.unpack_from` or indexing,
+no copies of the payload.
 
 Public API:
 - `IpPacket(buf)`: parse an IP packet; raises `PacketError` (and nothing else) when the
@@ -13,10 +16,16 @@ Public API:
   (TCP/UDP, else None), `tcp_flags`, `icmp_type`/`icmp_code` (ICMP/ICMPv6, else None),
   `icmp_id` (echo request/reply identifier, else None); `src_ip`/`dst_ip` give
   `ipaddress` objects on demand; `is_icmp_error`.
+- Header helpers, None when the bytes do not hold the fixed IPv4 (20 bytes) or IPv6
+  (40 bytes) header: `version(buf)`, `source(buf)`, `destination(buf)` (packed
+  addresses), `total_length(buf)` (the length the header claims), `fixed_header(buf)`
+  (version, header length, protocol, for packets cut short such as ICMP error quotes).
+  Wherever `IpPacket(buf)` succeeds they agree with it; where they return None it raises.
+- `SRC_OFFSET` / `DST_OFFSET`: where the addresses sit, by version, for in-place rewrites.
 - `internet_checksum(data, initial=0)`, `checksum_adjust(checksum, old, new)` (RFC 1624),
-  `pseudo_header_sum(...)`.
-- Builders for tests, ICMP and p2p-control: `build_ipv4`, `build_ipv6`, `build_ip`,
-  `build_udp`, `build_tcp`, `build_icmp_echo`.
+  `checksum_adjust_u16`, `pseudo_header_sum(...)`.
+- `build_ipv4`, `build_ipv6`: wrap a payload in an IP header (ICMP errors, p2p control).
+  Test packet builders live in `tests/packets.py`, outside the wheel.
 """
 
 from __future__ import annotations
@@ -247,6 +256,85 @@ class IpPacket:
         )
 
 
+# --- header helpers ---------------------------------------------------------------------
+# A few comparisons each and no struct call: `destination` runs for every packet read
+# from the TUN device and `total_length` for every packet decrypted, where a function call
+# is already most of the cost.
+
+SRC_OFFSET: Final = {4: 12, 6: 8}
+DST_OFFSET: Final = {4: 16, 6: 24}
+
+
+def version(buf: bytes | bytearray) -> int | None:
+    """4 or 6 when `buf` is long enough for that version's fixed header."""
+    n = len(buf)
+    if n >= 20:
+        v = buf[0] >> 4
+        if v == 4 or (v == 6 and n >= 40):
+            return v
+    return None
+
+
+def source(buf: bytes) -> bytes | None:
+    """The packed source address, for callers that check nothing else and should not
+    pay for a whole `IpPacket`."""
+    n = len(buf)
+    if n >= 20:
+        v = buf[0] >> 4
+        if v == 4:
+            return buf[12:16]
+        if v == 6 and n >= 40:
+            return buf[8:24]
+    return None
+
+
+def destination(buf: bytes) -> bytes | None:
+    """The packed destination address: the TUN read loop routes on it alone."""
+    n = len(buf)
+    if n >= 20:
+        v = buf[0] >> 4
+        if v == 4:
+            return buf[16:20]
+        if v == 6 and n >= 40:
+            return buf[24:40]
+    return None
+
+
+def total_length(buf: bytes | bytearray) -> int | None:
+    """The packet length the IP header claims, which may differ from `len(buf)`: the
+    WireGuard device strips its padding with it. None also for an IPv4 header whose
+    length fields contradict each other (IHL below 5, total length below IHL)."""
+    n = len(buf)
+    if n >= 20:
+        first = buf[0]
+        if first == 0x45:  # IPv4 without options: one comparison less (measured ~20%)
+            length = buf[2] << 8 | buf[3]
+            return length if length >= 20 else None
+        v = first >> 4
+        if v == 4:
+            length = buf[2] << 8 | buf[3]
+            return length if length >= (first & 0x0F) * 4 >= 20 else None
+        if v == 6 and n >= 40:
+            return 40 + (buf[4] << 8 | buf[5])
+    return None
+
+
+def fixed_header(buf: bytes | bytearray) -> tuple[int, int, int] | None:
+    """(version, header length, protocol) of a packet that may be cut short after its IP
+    header, as the quote inside an ICMP error is. IPv4 options are counted; IPv6
+    extension headers are not followed (length 40, protocol = the first next header)."""
+    n = len(buf)
+    if n >= 20:
+        first = buf[0]
+        v = first >> 4
+        if v == 4:
+            ihl = (first & 0x0F) * 4
+            return (4, ihl, buf[9]) if 20 <= ihl <= n else None
+        if v == 6 and n >= 40:
+            return (6, 40, buf[6])
+    return None
+
+
 # --- checksums --------------------------------------------------------------------------
 # The ones' complement sum of 16-bit words equals the big-endian integer of the data
 # modulo 0xFFFF (2**16 == 1 mod 0xFFFF), which CPython computes in C: much faster than a
@@ -286,145 +374,14 @@ def checksum_adjust_u16(checksum: int, old: int, new: int) -> int:
 
 # --- builders ---------------------------------------------------------------------------
 
-AddressLike = str | bytes | IPAddress
 
-
-def packed(address: AddressLike) -> bytes:
-    """Packed bytes of an address given as text, bytes or an `ipaddress` object."""
-    if isinstance(address, bytes):
-        return address
-    if isinstance(address, str):
-        return ipaddress.ip_address(address).packed
-    return address.packed
-
-
-def ipv4_header_checksum(header: bytes | bytearray) -> int:
-    return internet_checksum(header)
-
-
-def build_ipv4(
-    src: AddressLike,
-    dst: AddressLike,
-    protocol: int,
-    payload: bytes,
-    *,
-    ttl: int = 64,
-    ident: int = 0,
-) -> bytes:
+def build_ipv4(src: bytes, dst: bytes, protocol: int, payload: bytes, *, ttl: int = 64) -> bytes:
     """An IPv4 packet without options; the header checksum is filled in."""
-    header = bytearray(
-        struct.pack(
-            "!BBHHHBBH4s4s",
-            0x45,
-            0,
-            20 + len(payload),
-            ident,
-            0,
-            ttl,
-            protocol,
-            0,
-            packed(src),
-            packed(dst),
-        )
-    )
+    header = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, ttl, protocol, 0, src, dst))
     struct.pack_into("!H", header, 10, internet_checksum(header))
     return bytes(header) + payload
 
 
-def build_ipv6(
-    src: AddressLike,
-    dst: AddressLike,
-    next_header: int,
-    payload: bytes,
-    *,
-    hop_limit: int = 64,
-) -> bytes:
-    header = struct.pack("!IHBB16s16s", 6 << 28, len(payload), next_header, hop_limit, packed(src), packed(dst))
+def build_ipv6(src: bytes, dst: bytes, next_header: int, payload: bytes, *, hop_limit: int = 64) -> bytes:
+    header = struct.pack("!IHBB16s16s", 6 << 28, len(payload), next_header, hop_limit, src, dst)
     return header + payload
-
-
-def build_ip(src: AddressLike, dst: AddressLike, protocol: int, payload: bytes, *, ttl: int = 64) -> bytes:
-    """IPv4 or IPv6 by the family of `src`."""
-    src_b, dst_b = packed(src), packed(dst)
-    if len(src_b) != len(dst_b):
-        raise ValueError("source and destination families differ")
-    if len(src_b) == 4:
-        return build_ipv4(src_b, dst_b, protocol, payload, ttl=ttl)
-    return build_ipv6(src_b, dst_b, protocol, payload, hop_limit=ttl)
-
-
-def _l4_checksum(src: bytes, dst: bytes, protocol: int, segment: bytes | bytearray) -> int:
-    return internet_checksum(segment, pseudo_header_sum(src, dst, protocol, len(segment)))
-
-
-def build_udp(src: AddressLike, dst: AddressLike, sport: int, dport: int, payload: bytes = b"") -> bytes:
-    src_b, dst_b = packed(src), packed(dst)
-    segment = bytearray(struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload)
-    struct.pack_into("!H", segment, 6, _l4_checksum(src_b, dst_b, PROTO_UDP, segment))
-    return build_ip(src_b, dst_b, PROTO_UDP, bytes(segment))
-
-
-def build_tcp(
-    src: AddressLike,
-    dst: AddressLike,
-    sport: int,
-    dport: int,
-    *,
-    flags: int = TCP_SYN,
-    seq: int = 0,
-    ack: int = 0,
-    payload: bytes = b"",
-) -> bytes:
-    src_b, dst_b = packed(src), packed(dst)
-    segment = bytearray(struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0) + payload)
-    struct.pack_into("!H", segment, 16, _l4_checksum(src_b, dst_b, PROTO_TCP, segment))
-    return build_ip(src_b, dst_b, PROTO_TCP, bytes(segment))
-
-
-def build_icmp(src: AddressLike, dst: AddressLike, icmp_type: int, code: int, rest: bytes) -> bytes:
-    """An ICMP (IPv4) or ICMPv6 message; `rest` follows the 4-byte type/code/checksum."""
-    src_b, dst_b = packed(src), packed(dst)
-    message = bytearray(struct.pack("!BBH", icmp_type, code, 0) + rest)
-    if len(src_b) == 4:
-        struct.pack_into("!H", message, 2, internet_checksum(message))
-        return build_ipv4(src_b, dst_b, PROTO_ICMP, bytes(message))
-    struct.pack_into("!H", message, 2, _l4_checksum(src_b, dst_b, PROTO_ICMPV6, message))
-    return build_ipv6(src_b, dst_b, PROTO_ICMPV6, bytes(message))
-
-
-def build_icmp_echo(
-    src: AddressLike,
-    dst: AddressLike,
-    ident: int,
-    seq: int,
-    payload: bytes = b"",
-    *,
-    reply: bool = False,
-) -> bytes:
-    v4 = len(packed(src)) == 4
-    if v4:
-        icmp_type = ICMPV4_ECHO_REPLY if reply else ICMPV4_ECHO_REQUEST
-    else:
-        icmp_type = ICMPV6_ECHO_REPLY if reply else ICMPV6_ECHO_REQUEST
-    return build_icmp(src, dst, icmp_type, 0, struct.pack("!HH", ident, seq) + payload)
-
-
-def verify_checksums(buf: bytes | bytearray) -> bool:
-    """True when the IPv4 header and the TCP/UDP/ICMP checksums are all correct.
-
-    For tests and diagnostics, not the hot path.
-    """
-    p = IpPacket(buf)
-    if p.version == 4 and internet_checksum(buf[: p.header_len]) not in (0, 0xFFFF):
-        return False
-    if p.is_fragment:
-        return True
-    segment = bytes(buf[p.header_len : p.total_len])
-    if p.protocol == PROTO_ICMP and p.version == 4:
-        return internet_checksum(segment) in (0, 0xFFFF)
-    if p.protocol in (PROTO_TCP, PROTO_UDP) or (p.protocol == PROTO_ICMPV6 and p.version == 6):
-        if p.protocol == PROTO_UDP and p.version == 4 and segment[6:8] == b"\x00\x00":
-            return True  # IPv4 UDP may omit its checksum
-        total = internet_checksum(segment, pseudo_header_sum(p.src, p.dst, p.protocol, len(segment)))
-        return total in (0, 0xFFFF)
-    return True

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 
 from cryptography.exceptions import InvalidTag
 
+from gateway_pkg.tunnel.packet import total_length
+
 from . import keys
 from .cookie import CookieChecker, CookieGenerator
 from .events import (
@@ -237,6 +239,12 @@ class WireGuardDevice:
 
     def peers(self) -> list[bytes]:
         return list(self._peers)
+
+    @property
+    def session_count(self) -> int:
+        """Receiver indices the device still answers to: sessions and handshakes in flight.
+        Zero once every key has been forgotten, which tests and diagnostics can observe."""
+        return len(self._index_table)
 
     def next_deadline(self) -> float | None:
         """The earliest time `tick` has work to do, so an event loop can sleep until then."""
@@ -642,11 +650,13 @@ class WireGuardDevice:
             timers.send_keepalive = now + self._config.keepalive_timeout
         else:
             timers.need_another_keepalive = True
-        packet = _trim_ip_packet(plaintext)
-        if packet is None:
+        # Strip WireGuard's zero padding by the IP header's own length (inline: per packet).
+        length = total_length(plaintext)
+        size = len(plaintext)
+        if length is None or length > size:
             out.events.append(Dropped(DROP_INNER_MALFORMED, peer.public_key))
             return
-        out.packets.append((peer.public_key, packet))
+        out.packets.append((peer.public_key, plaintext if length == size else plaintext[:length]))
 
     def _confirm_session(self, peer: _Peer, keypair: Keypair, now: float, out: DeviceOutput) -> None:
         """The initiator's first transport message makes the responder's new session current."""
@@ -722,20 +732,3 @@ class WireGuardDevice:
         timers = peer.timers
         timers.retransmit_handshake = timers.send_keepalive = timers.new_handshake = None
 
-
-def _trim_ip_packet(plaintext: bytes) -> bytes | None:
-    """Strip WireGuard's zero padding using the IP header's own length."""
-    size = len(plaintext)
-    version = plaintext[0] >> 4
-    # Byte indexing instead of struct: this runs for every received packet.
-    if version == 4 and size >= 20:
-        length = plaintext[2] << 8 | plaintext[3]
-        if length < 20:
-            return None
-    elif version == 6 and size >= 40:
-        length = 40 + (plaintext[4] << 8 | plaintext[5])
-    else:
-        return None
-    if length == size:
-        return plaintext
-    return plaintext[:length] if length < size else None

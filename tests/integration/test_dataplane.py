@@ -137,7 +137,8 @@ def test_bad_datagrams_are_dropped_and_counted(lab):
 
 
 def test_replayed_and_wrong_key_datagrams_are_dropped_and_counted(lab):
-    from gateway_pkg.tunnel.packet import IpPacket, build_icmp_echo
+    from gateway_pkg.tunnel.packet import IpPacket
+    from tests.packets import build_icmp_echo
     from tests.wgpeer import CorePeer
 
     lab.start_gateway()

@@ -9,8 +9,9 @@ import time
 import pytest
 
 from gateway_pkg.tunnel import p2p_control
-from gateway_pkg.tunnel.packet import IpPacket, build_icmp_echo
+from gateway_pkg.tunnel.packet import IpPacket
 from tests.netlab import NetLab
+from tests.packets import build_icmp_echo
 from tests.procs import wait_for
 from tests.wgpeer import CorePeer
 

@@ -38,7 +38,7 @@ from gateway_pkg.wireguard import (
     key_to_base64,
 )
 from gateway_pkg.wireguard.keys import generate_private_key, public_key
-from gateway_pkg.wireguard.testing import (
+from tests.wireguard_support import (
     VECTOR_INITIATOR_PRIVATE,
     VECTOR_PRESHARED_KEY,
     VECTOR_RESPONDER_PRIVATE,

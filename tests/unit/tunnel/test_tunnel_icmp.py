@@ -3,10 +3,8 @@
 import pytest
 
 from gateway_pkg.tunnel import icmp
-from gateway_pkg.tunnel.packet import (
-    PROTO_ICMP,
-    PROTO_ICMPV6,
-    IpPacket,
+from gateway_pkg.tunnel.packet import PROTO_ICMP, PROTO_ICMPV6, IpPacket
+from tests.packets import (
     build_icmp,
     build_tcp,
     build_udp,

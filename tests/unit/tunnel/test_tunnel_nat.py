@@ -18,11 +18,13 @@ from gateway_pkg.tunnel.packet import (
     TCP_ACK,
     TCP_RST,
     IpPacket,
+    internet_checksum,
+)
+from tests.packets import (
     build_icmp,
     build_icmp_echo,
     build_tcp,
     build_udp,
-    internet_checksum,
     verify_checksums,
 )
 

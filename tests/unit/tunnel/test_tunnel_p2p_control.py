@@ -7,6 +7,7 @@ import pytest
 
 from gateway_pkg.tunnel import p2p_control as p2p
 from gateway_pkg.tunnel.packet import IpPacket
+from tests.packets import build_udp
 
 PROXY_IPS = [ipaddress.ip_address(f"100.96.0.{i}") for i in range(1, 5)] + [
     ipaddress.ip_address(f"fd00:2021:1111:8000::{i}") for i in range(1, 5)
@@ -36,7 +37,7 @@ def test_wire_layout():
 def test_domain_status_inactive_and_unknown_status():
     assert p2p.decode(p2p.encode_domain_status("r", "d", active=False)).active is False
     body = json.dumps({"resource": "r", "domain": "d", "status": "what_is_this"}).encode()
-    packet = p2p._encode(p2p.DOMAIN_STATUS, body)
+    packet = p2p.encode(p2p.DOMAIN_STATUS, body)
     assert p2p.decode(packet) == p2p.DomainStatus("r", "d", False)
 
 
@@ -48,13 +49,15 @@ def test_goodbye():
 
 
 def test_unknown_event_type_is_reported_not_raised():
-    assert p2p.decode(p2p._encode(9, b"{}")) == p2p.UnknownEvent(9)
+    assert p2p.decode(p2p.encode(9, b"{}")) == p2p.UnknownEvent(9)
 
 
 def test_ordinary_packets_are_not_control():
-    from gateway_pkg.tunnel.packet import build_udp
-
     assert not p2p.is_p2p_control(build_udp("fd00:2021:1111::2", "2001:db8::1", 1, 2))
+    # An IPv4 packet that looks like control from byte 6 on: the version decides.
+    v4 = bytearray(build_udp("100.64.0.2", "10.0.0.1", 1, 2, bytes(40)))
+    v4[6], v4[8:40] = 0xFF, bytes(32)
+    assert not p2p.is_p2p_control(bytes(v4))
     assert not p2p.is_p2p_control(b"")
 
 
@@ -71,7 +74,7 @@ def test_ordinary_packets_are_not_control():
 )
 def test_bad_assigned_ips(body):
     with pytest.raises(p2p.P2pControlError):
-        p2p.decode(p2p._encode(p2p.ASSIGNED_IPS, body))
+        p2p.decode(p2p.encode(p2p.ASSIGNED_IPS, body))
 
 
 def test_length_beyond_buffer():

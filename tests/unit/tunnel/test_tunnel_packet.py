@@ -16,14 +16,16 @@ from gateway_pkg.tunnel.packet import (
     TCP_SYN,
     IpPacket,
     PacketError,
+    checksum_adjust,
+    checksum_adjust_u16,
+    internet_checksum,
+)
+from tests.packets import (
     build_icmp,
     build_icmp_echo,
     build_ipv6,
     build_tcp,
     build_udp,
-    checksum_adjust,
-    checksum_adjust_u16,
-    internet_checksum,
     verify_checksums,
 )
 

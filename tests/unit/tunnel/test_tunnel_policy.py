@@ -7,9 +7,9 @@ import struct
 import pytest
 
 from gateway_pkg.resources import CidrResource, DnsResource, Filter, InternetResource
-from gateway_pkg.tunnel.packet import (
-    TCP_ACK,
-    IpPacket,
+from gateway_pkg.tunnel.packet import TCP_ACK, IpPacket
+from gateway_pkg.tunnel.policy import Action, ClientPolicy, TunAddresses
+from tests.packets import (
     build_icmp,
     build_icmp_echo,
     build_ipv6,
@@ -17,7 +17,6 @@ from gateway_pkg.tunnel.packet import (
     build_udp,
     verify_checksums,
 )
-from gateway_pkg.tunnel.policy import Action, ClientPolicy, TunAddresses
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network

@@ -13,7 +13,7 @@ from gateway_pkg.wireguard import (
     WireGuardEvent,
 )
 from gateway_pkg.wireguard.keys import generate_private_key
-from gateway_pkg.wireguard.testing import SeededRng, icmp_echo
+from tests.wireguard_support import SeededRng, icmp_echo
 
 GATEWAY_ADDR = ("192.0.2.1", 52625)
 CLIENT_ADDR = ("198.51.100.7", 40000)
@@ -54,11 +54,11 @@ class Pair:
             to_gateway = not to_gateway
         return outputs
 
-    def handshake(self) -> None:
+    def handshake(self) -> list[DeviceOutput]:
         """Client initiates, gateway answers, client confirms with a keepalive."""
         init = self.client.initiate_handshake(self.gateway.public_key, self.now)
         assert len(init.datagrams) == 1
-        self.converge(init, towards_gateway=True)
+        return self.converge(init, towards_gateway=True)
 
 
 def make_pair(

@@ -10,7 +10,7 @@ from gateway_pkg.wireguard.messages import (
     HANDSHAKE_RESPONSE_LEN,
     TRANSPORT_HEADER,
 )
-from gateway_pkg.wireguard.testing import (
+from tests.wireguard_support import (
     VECTOR_PRESHARED_KEY,
     VECTOR_RESPONDER_PRIVATE,
     vector_initiator,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 from gateway_pkg.wireguard import (
     HandshakeCompleted,
     HandshakeFailed,
@@ -141,12 +143,15 @@ def test_counter_exhaustion_rekeys_then_rejects() -> None:
 
 
 def test_receiver_rejects_counters_at_reject_after_messages() -> None:
-    pair = make_pair(timers=TimerConfig(rekey_after_messages=5, reject_after_messages=8))
-    pair.handshake()
-    keypair = pair.client._peers[pair.gateway.public_key].current
-    assert keypair is not None
-    keypair.send_counter = 8  # forge a sender that ignores the limit
-    datagram = keypair.encrypt(sample_packet())
+    # A sender that ignores the limit: the client's own limits are far away.
+    pair = make_pair(
+        timers=TimerConfig(rekey_after_messages=5, reject_after_messages=8),
+        client_timers=TimerConfig(rekey_after_messages=1000, reject_after_messages=1000),
+    )
+    pair.handshake()  # the confirming keepalive used counter 0
+    sent = [pair.client.send_packet(pair.gateway.public_key, sample_packet(n), pair.now) for n in range(1, 9)]
+    [(datagram, _)] = sent[-1].datagrams
+    assert struct.unpack_from("<Q", datagram, 8)[0] == 8
     out = pair.gateway.receive_datagram(bytes(datagram), pair.client_addr, pair.now)
     assert out.dropped() == ["expired"]
 
@@ -217,7 +222,7 @@ def test_key_material_is_zeroed_after_three_reject_after_times(pair: Pair) -> No
     pair.handshake()
     stale = pair.client.send_packet(pair.gateway.public_key, sample_packet(), pair.now)
     pair.gateway.tick(pair.now + 3 * 180)
-    assert pair.gateway._index_table == {}
+    assert pair.gateway.session_count == 0
     assert pair.to_gateway(stale).dropped() == ["unknown_index"]
 
 

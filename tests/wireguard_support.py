@@ -1,51 +1,27 @@
-"""Small helpers for tests and benchmarks: IPv4/ICMP echo packets and a seeded rng.
+"""What the WireGuard unit tests, the wireguard-go interop test and the core benchmark
+share: ICMP echo packets, a seeded rng and the known-answer handshake vector.
 
-Not used by the protocol core; kept in the package so unit tests, the interop test and the
-benchmark build packets the same way.
+Kept in one module so the unit tests pin exactly the initiation bytes the interop test
+sends to wireguard-go, and every side builds its echo packets alike.
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import struct
 from dataclasses import dataclass
 
-from .device import WireGuardDevice
-from .keys import public_key
+from gateway_pkg.tunnel.packet import (
+    ICMPV4_ECHO_REQUEST,
+    ICMPV6_ECHO_REQUEST,
+    IpPacket,
+    PacketError,
+)
+from gateway_pkg.wireguard.device import WireGuardDevice
+from gateway_pkg.wireguard.keys import public_key
+from tests.packets import build_icmp_echo
 
-ICMP_ECHO_REPLY = 0
-ICMP_ECHO_REQUEST = 8
-_IPV4_HEADER = struct.Struct(">BBHHHBBH4s4s")
-_ICMP_ECHO = struct.Struct(">BBHHH")
-
-
-def internet_checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\x00"
-    total = int(sum(struct.unpack(f">{len(data) // 2}H", data)))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def ipv4_packet(source: str, destination: str, protocol: int, payload: bytes, ttl: int = 64) -> bytes:
-    header = bytearray(
-        _IPV4_HEADER.pack(
-            0x45,
-            0,
-            20 + len(payload),
-            0,
-            0x4000,  # don't fragment
-            ttl,
-            protocol,
-            0,
-            ipaddress.IPv4Address(source).packed,
-            ipaddress.IPv4Address(destination).packed,
-        )
-    )
-    struct.pack_into(">H", header, 10, internet_checksum(bytes(header)))
-    return bytes(header) + payload
+_ECHO_REQUESTS = frozenset({ICMPV4_ECHO_REQUEST, ICMPV6_ECHO_REQUEST})
 
 
 def icmp_echo(
@@ -57,10 +33,8 @@ def icmp_echo(
     payload: bytes = b"",
     reply: bool = False,
 ) -> bytes:
-    kind = ICMP_ECHO_REPLY if reply else ICMP_ECHO_REQUEST
-    message = bytearray(_ICMP_ECHO.pack(kind, 0, 0, identifier, sequence) + payload)
-    struct.pack_into(">H", message, 2, internet_checksum(bytes(message)))
-    return ipv4_packet(source, destination, 1, bytes(message))
+    """An echo request (or reply) of 28 + len(payload) bytes over IPv4, 48 + over IPv6."""
+    return build_icmp_echo(source, destination, identifier, sequence, payload, reply=reply)
 
 
 @dataclass(frozen=True)
@@ -74,26 +48,29 @@ class IcmpEcho:
 
 
 def parse_icmp_echo(packet: bytes) -> IcmpEcho | None:
-    """The echo request/reply in an IPv4 packet, or None if it is something else."""
-    if len(packet) < 28 or packet[0] >> 4 != 4 or packet[9] != 1:
+    """The echo request/reply in `packet`, or None if it is something else."""
+    try:
+        p = IpPacket(packet)
+    except PacketError:
         return None
-    header_len = (packet[0] & 0x0F) * 4
-    kind, _code, _sum, identifier, sequence = _ICMP_ECHO.unpack_from(packet, header_len)
-    if kind not in (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY):
+    if p.icmp_id is None or p.icmp_type is None:
         return None
+    start = p.header_len
+    (sequence,) = struct.unpack_from("!H", p.buf, start + 6)
     return IcmpEcho(
-        str(ipaddress.IPv4Address(packet[12:16])),
-        str(ipaddress.IPv4Address(packet[16:20])),
-        kind,
-        identifier,
+        str(p.src_ip),
+        str(p.dst_ip),
+        p.icmp_type,
+        p.icmp_id,
         sequence,
-        packet[header_len + 8 :],
+        p.buf[start + 8 : p.total_len],
     )
 
 
 def echo_reply_for(request: bytes) -> bytes | None:
+    """What a host answers to an echo request; None for anything else."""
     echo = parse_icmp_echo(request)
-    if echo is None or echo.kind != ICMP_ECHO_REQUEST:
+    if echo is None or echo.kind not in _ECHO_REQUESTS:
         return None
     return icmp_echo(
         echo.destination,
