@@ -1,9 +1,10 @@
 """`firezone-gateway-init`: forwarding sysctls and the FORWARD/MASQUERADE rules, idempotently.
 
 Run as root before the gateway (systemd `ExecStartPre=+`), so rules come back after a
-reboot or a firewall reload. Follows upstream's init script (facts §3.2): FORWARD accepts
-for tun-firezone inserted at position 1, MASQUERADE limited to the tunnel source ranges,
-with iptables and ip6tables (the nft backend on Debian 12), each rule checked before added.
+reboot or a firewall reload. Follows upstream's init script
+(../shared/reference/firezone-gateway-facts.md §3.2): FORWARD accepts for tun-firezone
+inserted at position 1, MASQUERADE limited to the tunnel source ranges, with iptables and
+ip6tables (the nft backend on Debian 12), each rule checked before added.
 
 `--remove` (uninstall) deletes every rule the gateway ever added, whatever the egress
 interfaces are now: it lists FORWARD and nat POSTROUTING with `-S` and deletes the lines that
