@@ -1,7 +1,9 @@
-"""Helpers shared by integration tests: free ports, polling, processes we start and stop by PID."""
+"""Helpers shared by the tests: free ports, polling, processes we start and stop by PID."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import os
 import signal
@@ -25,18 +27,43 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll until `condition()` is truthy; fail with `what` after `timeout` seconds."""
+    """Poll until `condition()` is truthy and return its value; fail with `what` after `timeout` s.
+
+    The one polling helper of the tests (`wait_for_async` is its twin for code on an event
+    loop). The deadline is an upper bound only: a fast machine returns at once, a loaded
+    one gets the whole `timeout`. The condition is evaluated once more at the deadline.
+    """
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
-    while time.monotonic() < deadline:
+    while True:
         try:
             value = condition()
             if value:
                 return value
         except Exception as exc:  # the thing polled may not exist yet
             last_exc = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_exc})")
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last_exc})")
+
+
+async def wait_for_async(condition: Callable[[], Any], seconds: float, what: str, interval: float = 0.01) -> Any:
+    """`wait_for` inside a running event loop: the loop keeps running between polls, and
+    `condition` may return an awaitable (e.g. `lambda: resolver.resolve(name)`)."""
+    deadline = time.monotonic() + seconds
+    last_exc: Exception | None = None
+    while True:
+        try:
+            value = condition()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return value
+        except Exception as exc:  # the thing polled may not exist yet
+            last_exc = exc
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {seconds} s waiting for {what} (last error: {last_exc})")
+        await asyncio.sleep(interval)
 
 
 def http(method: str, url: str, body: Any = None, token: str | None = None, timeout: float = 20) -> tuple[int, Any]:

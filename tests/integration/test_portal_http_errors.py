@@ -51,7 +51,7 @@ def test_client_errors_are_fatal_with_the_status(tmp_path, status, needle):
     portal = FixedAnswerPortal(status, "nope")
     try:
         gw = start_gateway(tmp_path, portal)
-        code = wait_for(lambda: gw.popen.poll(), 15, "gateway exit")
+        code = gw.popen.wait(15)
         gw.stop()
     finally:
         portal.close()

@@ -106,7 +106,7 @@ def test_readyz_503_before_joining(tmp_path):
 
 def test_wrong_token_exits_1_with_clear_message(tmp_path, portal):
     gw = start_gateway(tmp_path, portal, token="wrong-token-value")
-    code = wait_for(lambda: gw.popen.poll(), 15, "gateway exit")
+    code = gw.popen.wait(15)
     gw.stop()
     assert code == 1
     out = gw.output()
@@ -119,7 +119,7 @@ def test_gives_up_after_max_elapsed(tmp_path):
         url = f"http://127.0.0.1:{free_port()}"
 
     gw = start_gateway(tmp_path, Nowhere, extra_env={"FIREZONE_MAX_RECONNECT_SECONDS": "1.5"})
-    code = wait_for(lambda: gw.popen.poll(), 20, "gateway gives up")
+    code = gw.popen.wait(20)
     gw.stop()
     assert code == 1
     assert "max-retry limit" in gw.output()
@@ -134,7 +134,7 @@ def test_unprivileged_without_cap_net_admin_exits_1(tmp_path, portal):
     env = base_env() | {"FIREZONE_TOKEN": TOKEN, "FIREZONE_ID": "x", "FIREZONE_API_URL": portal.url}
     log = tmp_path / "unpriv.log"
     proc = Proc([str(VENV_BIN / "firezone-gateway")], env, log, prefix)
-    code = wait_for(lambda: proc.popen.poll(), 15, "exit")
+    code = proc.popen.wait(15)
     proc.stop()
     out = proc.output()
     assert code == 1 and "CAP_NET_ADMIN" in out and TOKEN not in out and out.count("\n") == 1
@@ -147,7 +147,7 @@ def test_missing_tun_device_is_one_clear_line_and_exit_1(tmp_path):
     env = base_env() | {"FIREZONE_TOKEN": TOKEN, "FIREZONE_ID": "x", "FIREZONE_API_URL": "http://127.0.0.1:1",
                         "HEALTH_CHECK_ADDR": f"127.0.0.1:{free_port()}"}
     proc = Proc(["unshare", "-m", "sh", "-c", script], env, tmp_path / "notun.log")
-    code = wait_for(lambda: proc.popen.poll(), 15, "exit")
+    code = proc.popen.wait(15)
     proc.stop()
     out = proc.output()
     assert code == 1 and "TUN unavailable: /dev/net/tun does not exist" in out and "Traceback" not in out

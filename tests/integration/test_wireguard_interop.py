@@ -74,12 +74,10 @@ def run(*args: str, check: bool = True, timeout: float = 30) -> subprocess.Compl
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """The tests' one polling helper, tests.procs.wait_for."""
+    from tests.procs import wait_for as poll
+
+    poll(condition, timeout, what)
 
 
 def udp_socket_in_netns(netns: str, address: tuple[str, int]) -> socket.socket:

@@ -7,7 +7,6 @@ unbound-control (local_data_remove, then local_data); the server's own query cou
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import random
@@ -16,9 +15,9 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from tests.procs import wait_for
 
 UNBOUND = "/usr/sbin/unbound"
 UNBOUND_CONTROL = "/usr/sbin/unbound-control"
@@ -93,21 +92,19 @@ remote-control:
             self.process = subprocess.Popen(
                 [UNBOUND, "-d", "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT
             )
-        give_up = time.monotonic() + deadline
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"unbound exited: {self.log.read_text()}")
+        process = self.process
+
+        def answering_or_gone() -> bool:
+            if process.poll() is not None:
+                return True
             status = subprocess.run(
-                [UNBOUND_CONTROL, "-c", str(self.config), "status"],
-                capture_output=True,
-                text=True,
-                check=False,
+                [UNBOUND_CONTROL, "-c", str(self.config), "status"], capture_output=True, check=False
             )
-            if status.returncode == 0:
-                return
-            if time.monotonic() > give_up:
-                raise RuntimeError(f"unbound did not come up: {status.stderr}{self.log_text()}")
-            time.sleep(0.05)
+            return status.returncode == 0
+
+        wait_for(answering_or_gone, deadline, "unbound to answer unbound-control status")
+        if process.poll() is not None:
+            raise RuntimeError(f"unbound exited: {self.log_text()}")
 
     def control(self, *args: str) -> str:
         result = subprocess.run(
@@ -127,13 +124,10 @@ remote-control:
 
     def wait_for_queries(self, expected: int, deadline: float = 5.0) -> int:
         """Poll the counter until it reaches `expected` (unbound may still be draining
-        its socket after a resume); return the value then seen."""
-        give_up = time.monotonic() + deadline
-        while True:
-            seen = self.queries()
-            if seen >= expected or time.monotonic() > give_up:
-                return seen
-            time.sleep(0.02)
+        its socket after a resume); return the value then seen, so that a test can tell
+        "exactly" from "at least"."""
+        wait_for(lambda: self.queries() >= expected, deadline, f"unbound to count {expected} queries")
+        return self.queries()
 
     def replace(self, name: str, *records: str) -> None:
         """Swap every record of `name` for `records` (a bare local_data would add one)."""
@@ -175,12 +169,3 @@ remote-control:
         path = self.workdir / "hosts"
         path.write_text(text)
         return path
-
-
-async def eventually(condition: Callable[[], bool], deadline: float = 10.0) -> None:
-    """Poll `condition` until true; fail after `deadline` seconds."""
-    async with asyncio.timeout(deadline):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.01)

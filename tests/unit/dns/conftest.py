@@ -37,9 +37,9 @@ class FakeUpstream:
     records: dict[tuple[str, str], tuple[int, list[str]]] = field(default_factory=dict)
     soa: tuple[int, int] | None = (60, 30)  # (SOA TTL, SOA MINIMUM); None: no SOA
     chase_cnames: bool = True
-    mode: str = "answer"  # answer | fail | hang | servfail
+    mode: str = "answer"  # answer | fail | servfail
     queries: Counter[tuple[str, str]] = field(default_factory=Counter)
-    release: asyncio.Event | None = None
+    release: asyncio.Event | None = None  # when set: every answer waits for it (never set: a hang)
 
     def set(self, name: str, rdtype: str, ttl: int, *values: str) -> None:
         self.records[(name, rdtype)] = (ttl, list(values))
@@ -55,9 +55,6 @@ class FakeUpstream:
         self.queries[(qname, qtype)] += 1
         if self.mode == "fail":
             raise ConnectionRefusedError("upstream stopped")
-        if self.mode == "hang":
-            await asyncio.sleep(seconds)
-            raise TimeoutError("no answer")
         if self.release is not None:
             await self.release.wait()
         response = dns.message.make_response(query)

@@ -12,6 +12,7 @@ import pytest
 
 from gateway_pkg.dns.base import ResolveError
 from gateway_pkg.dns.legacy import LegacyResolver, getaddrinfo_lookup
+from tests.procs import wait_for_async
 
 V4, V6 = ipaddress.IPv4Address, ipaddress.IPv6Address
 
@@ -83,7 +84,9 @@ async def test_concurrent_lookups_coalesce(settings, stats, clock, system):
     system.answers[("busy.test", socket.AF_INET)] = [V4("192.0.2.1")]
     system.gate.clear()
     lookups = [asyncio.create_task(resolver.resolve("busy.test")) for _ in range(1000)]
-    await asyncio.sleep(0.05)
+    # While getaddrinfo blocks, all 1000 are waiting on the same two calls.
+    await wait_for_async(lambda: stats.legacy.coalesced == 999 and system.calls == 2, 10,
+                         "every lookup to join the two getaddrinfo calls")
     system.gate.set()
     assert all(r == [V4("192.0.2.1")] for r in await asyncio.gather(*lookups))
     assert system.calls == 2

@@ -11,6 +11,7 @@ import pytest
 
 from gateway_pkg.dns.base import ResolveError
 from gateway_pkg.dns.userspace import UserspaceResolver
+from tests.procs import wait_for_async
 
 V4 = ipaddress.IPv4Address
 V6 = ipaddress.IPv6Address
@@ -157,7 +158,9 @@ async def test_concurrent_lookups_share_one_query_per_type(resolver, upstream, s
     upstream.set("busy.test.", "AAAA", 60, "2001:db8::1")
     upstream.release = asyncio.Event()
     lookups = [asyncio.create_task(resolver.resolve("busy.test")) for _ in range(1000)]
-    await asyncio.sleep(0)
+    # While upstream holds its answer, all 1000 are waiting on the same two queries.
+    await wait_for_async(lambda: stats.userspace.coalesced == 2 * 999, 10, "every lookup to join the two queries")
+    assert upstream.total() == 2
     upstream.release.set()
     results = await asyncio.gather(*lookups)
     assert all(r == [V4("192.0.2.1"), V6("2001:db8::1")] for r in results)
@@ -186,16 +189,26 @@ async def test_stale_answer_when_refresh_fails_and_recheck_after_30s(resolver, u
     assert stats.userspace.stale_answers == 31
 
 
-async def test_slow_refresh_serves_stale_after_client_response_timer(resolver, upstream, clock):
+async def test_slow_refresh_serves_stale_after_client_response_timer(resolver, upstream, clock, stats):
     upstream.set("app.test.", "A", 5, "192.0.2.1")
     upstream.set("app.test.", "AAAA", 5, "2001:db8::1")
     await resolver.resolve("app.test")
-    upstream.mode = "hang"
+    upstream.release = asyncio.Event()  # the refresh gets no answer until the test says so
     clock.advance(6)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    # Only the client response timer (0.05 s here, 1.8 s by default) can end this wait: the
+    # refresh hangs, and the outer resolution timeout is 10 s. No wall-clock bound needed.
     assert await resolver.resolve("app.test") == [V4("192.0.2.1"), V6("2001:db8::1")]
-    assert loop.time() - started < 0.5  # the timer is 0.05 s in this test (1.8 s by default)
+    assert stats.userspace.stale_answers == 1
+    assert upstream.total() == 4  # the refresh of both families was asked and is still out
+    # The refresh goes on in the background; when it answers, its answer replaces the stale one.
+    upstream.set("app.test.", "A", 5, "192.0.2.2")
+    upstream.release.set()
+
+    async def refreshed() -> bool:
+        return await resolver.resolve("app.test") == [V4("192.0.2.2"), V6("2001:db8::1")]
+
+    await wait_for_async(refreshed, 10, "the late refresh to land in the cache")
+    assert upstream.total() == 4
 
 
 async def test_nothing_stale_after_max_stale_age(settings, stats, clock, upstream):
