@@ -16,15 +16,7 @@ from gateway_pkg.dns.flags import USERSPACE_DNS_FLAG, FeatureFlags
 from gateway_pkg.dns.metrics import register
 from gateway_pkg.dns.resolver import build_resolver
 from gateway_pkg.dns.settings import FlagSettings
-
-
-async def eventually(condition, deadline: float = 5.0) -> None:
-    """Poll `condition` until true, failing after `deadline` seconds."""
-    async with asyncio.timeout(deadline):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.005)
+from tests.procs import wait_for_async
 
 
 class Decide:
@@ -100,10 +92,10 @@ async def test_run_re_evaluates_every_interval(decide):
     flags = FeatureFlags(FlagSettings(url=decide.url, interval=0.02))
     task = asyncio.create_task(flags.run())
     try:
-        await eventually(lambda: bool(decide.requests))
+        await wait_for_async(lambda: bool(decide.requests), 10, "the first /decide request")
         assert not flags.gateway_userspace_dns_a_aaaa_records()
         decide.flags = {USERSPACE_DNS_FLAG: True}
-        await eventually(flags.gateway_userspace_dns_a_aaaa_records)
+        await wait_for_async(flags.gateway_userspace_dns_a_aaaa_records, 10, "the flag to turn on")
     finally:
         task.cancel()
 
