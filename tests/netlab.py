@@ -19,6 +19,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway_pkg.netconst import SYSCTLS
 from tests.procs import Proc, base_env
 
 NETNS_ETC = Path("/etc/netns")
@@ -124,9 +125,9 @@ class NetLab:
         # The resource side is the gateway's way out, as a real host's default route would be.
         sh("ip", "route", "add", "default", "via", self.RESOURCE, ns=gw)
         sh("ip", "-6", "route", "add", "default", "via", "fd42:2::2", ns=gw)
-        for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
-                    "net.ipv4.conf.all.src_valid_mark=1"):
-            sh("sysctl", "-q", "-w", key, ns=gw)
+        # What firezone-gateway-init sets on a host (it also sets them in the tests that run it).
+        for key, value in SYSCTLS.items():
+            sh("sysctl", "-q", "-w", f"{key}={value}", ns=gw)
         (NETNS_ETC / gw).mkdir(parents=True, exist_ok=True)
         (NETNS_ETC / gw / "resolv.conf").write_text(f"nameserver {self.RESOURCE}\n")
         return self
