@@ -169,10 +169,9 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
     # FIREZONE_ID set but blank is a mistake; unset means "read the ID file".
     values["firezone_id"] = read_firezone_id(env.get("FIREZONE_ID"), values["id_path"])
     values["name"] = values["name"] or socket.gethostname() or str(uuid.uuid4())
-    dns = values
-    if dns["dns.min_ttl"] > dns["dns.max_ttl"]:
-        raise ConfigError(f"FIREZONE_DNS_MIN_TTL ({dns['dns.min_ttl']:g}) must not exceed "
-                          f"FIREZONE_DNS_MAX_TTL ({dns['dns.max_ttl']:g})")
+    min_ttl, max_ttl = values["dns.min_ttl"], values["dns.max_ttl"]
+    if min_ttl > max_ttl:
+        raise ConfigError(f"FIREZONE_DNS_MIN_TTL ({min_ttl:g}) must not exceed FIREZONE_DNS_MAX_TTL ({max_ttl:g})")
     top: dict[str, Any] = {"token": token}
     grouped: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for key, value in values.items():
