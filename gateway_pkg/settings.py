@@ -64,8 +64,6 @@ def _seconds(minimum: float = 0.0, *, positive: bool = False) -> Kind:
     return Kind("seconds", parse)
 
 
-def _optional_seconds(raw: str) -> float | None:
-    return _seconds(positive=True).parse(raw) if raw else None
 
 
 def port_number(raw: str, minimum: int = 0) -> int:
@@ -211,7 +209,7 @@ def parse_nameservers(raw: str) -> tuple[Nameserver, ...]:
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            raise Invalid(f": {item!r} is not an IP address (optionally with :port)") from None
+            raise Invalid(f"entry {item!r} is not an IP address (optionally with :port)") from None
         servers.append((host, port))
     return tuple(servers)
 
@@ -220,11 +218,16 @@ def _nameserver_port(item: str, text: str) -> int:
     try:
         return port_number(text, minimum=1)
     except Invalid:
-        raise Invalid(f": {item!r} has an invalid port") from None
+        raise Invalid(f"entry {item!r} has an invalid port") from None
 
 
 SECONDS = _seconds()
 POSITIVE_SECONDS = _seconds(positive=True)
+
+
+def _optional_seconds(raw: str) -> float | None:
+    return POSITIVE_SECONDS.parse(raw) if raw else None
+
 BOOLEAN = Kind("boolean", env_flag)
 PORT = Kind("port", port_number)
 COUNT = Kind("positive integer", _positive_int)
@@ -258,8 +261,7 @@ class Setting:
         try:
             return self.kind.parse(text)
         except Invalid as exc:
-            sep = "" if str(exc).startswith(":") else " "
-            raise ConfigError(f"{self.env}{sep}{exc}") from None
+            raise ConfigError(f"{self.env} {exc}") from None
 
 
 def _s(env: str, field: str, kind: Kind, default: str, help_text: str, flag: str | None = "",

@@ -17,8 +17,8 @@ Public API:
   `icmp_id` (echo request/reply identifier, else None); `src_ip`/`dst_ip` give
   `ipaddress` objects on demand; `is_icmp_error`.
 - Header helpers, None when the bytes do not hold the fixed IPv4 (20 bytes) or IPv6
-  (40 bytes) header: `version(buf)`, `source(buf)`, `destination(buf)` (packed
-  addresses), `total_length(buf)` (the length the header claims), `fixed_header(buf)`
+  (40 bytes) header: `version(buf)`, `destination(buf)` (the packed
+  address), `total_length(buf)` (the length the header claims), `fixed_header(buf)`
   (version, header length, protocol, for packets cut short such as ICMP error quotes).
   Wherever `IpPacket(buf)` succeeds they agree with it; where they return None it raises.
 - `SRC_OFFSET` / `DST_OFFSET`: where the addresses sit, by version, for in-place rewrites.
@@ -272,19 +272,6 @@ def version(buf: bytes | bytearray) -> int | None:
         v = buf[0] >> 4
         if v == 4 or (v == 6 and n >= 40):
             return v
-    return None
-
-
-def source(buf: bytes) -> bytes | None:
-    """The packed source address, for callers that check nothing else and should not
-    pay for a whole `IpPacket`."""
-    n = len(buf)
-    if n >= 20:
-        v = buf[0] >> 4
-        if v == 4:
-            return buf[12:16]
-        if v == 6 and n >= 40:
-            return buf[8:24]
     return None
 
 

@@ -19,7 +19,6 @@ from gateway_pkg.tunnel.packet import (
     PacketError,
     destination,
     fixed_header,
-    source,
     total_length,
     version,
 )
@@ -42,7 +41,7 @@ def assert_agree(data: bytes) -> None:
     header = fixed_header(data)
     if p is not None:
         assert v == p.version
-        assert source(data) == p.src and destination(data) == p.dst
+        assert destination(data) == p.dst
         assert total_length(data) == p.total_len
         assert header is not None and header[0] == p.version
         if p.version == 4 or data[6] not in _IPV6_EXTENSIONS:
@@ -56,12 +55,11 @@ def assert_agree(data: bytes) -> None:
     if v is None:
         # Nothing an IP parser could use: every helper declines and IpPacket refuses.
         assert p is None
-        assert (source(data), destination(data), total_length(data), fixed_header(data)) == (None,) * 4
+        assert (destination(data), total_length(data), fixed_header(data)) == (None,) * 3
     else:
-        src, dst = source(data), destination(data)
-        assert src is not None and dst is not None
-        assert len(src) == len(dst) == (4 if v == 4 else 16)
-        assert type(src) is bytes and type(dst) is bytes  # usable as dict keys
+        dst = destination(data)
+        assert dst is not None and len(dst) == (4 if v == 4 else 16)
+        assert type(dst) is bytes  # usable as a dict key
     if header is None:
         assert p is None
     else:
@@ -156,7 +154,7 @@ def test_ipv4_options_and_ipv6_extension_headers():
 )
 def test_too_short_or_not_ip(data):
     assert version(data) is None
-    assert (source(data), destination(data), total_length(data), fixed_header(data)) == (None,) * 4
+    assert (destination(data), total_length(data), fixed_header(data)) == (None,) * 3
     with pytest.raises(PacketError):
         IpPacket(data)
 
@@ -176,6 +174,5 @@ def test_addresses_are_the_header_fields():
     cases = [("192.0.2.1", "198.51.100.2", 4, 20, PROTO_ICMP), ("2001:db8::1", "fd00::2", 6, 40, PROTO_ICMPV6)]
     for src, dst, v, header_len, proto in cases:
         packet = build_icmp_echo(src, dst, 1, 1)
-        assert source(packet) == ipaddress.ip_address(src).packed
         assert destination(packet) == ipaddress.ip_address(dst).packed
         assert fixed_header(packet) == (v, header_len, proto)
