@@ -8,7 +8,6 @@ imports this one; the parts know each other only through `gateway_pkg.interfaces
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import os
@@ -17,8 +16,6 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-
-from nacl.public import PrivateKey
 
 from gateway_pkg import __version__, cli, logs
 from gateway_pkg.config import Config
@@ -31,7 +28,7 @@ from gateway_pkg.interfaces import DataPlane
 from gateway_pkg.portal import messages
 from gateway_pkg.portal.client import PortalClient
 from gateway_pkg.tunnel.dataplane import TunnelDataPlane
-from gateway_pkg.wireguard.keys import generate_private_key
+from gateway_pkg.wireguard.keys import generate_private_key, key_to_base64, public_key
 
 log = logging.getLogger("gateway_pkg")
 
@@ -39,11 +36,11 @@ log = logging.getLogger("gateway_pkg")
 class Gateway:
     """The running gateway: the portal connection drives the data plane; health watches both."""
 
-    def __init__(self, config: Config, dataplane: DataPlane, flags: FeatureFlags, public_key: bytes) -> None:
+    def __init__(self, config: Config, dataplane: DataPlane, flags: FeatureFlags, gateway_key: bytes) -> None:
         self.config = config
         self.dataplane = dataplane
         self.flags = flags
-        self.portal = PortalClient(config, base64.b64encode(public_key).decode(), self._on_message)
+        self.portal = PortalClient(config, key_to_base64(gateway_key), self._on_message)
         self.health = HealthServer(config.health_check_addr.host, config.health_check_addr.port,
                                    self.readiness)
         self._stop = asyncio.Event()
@@ -117,7 +114,7 @@ def build(config: Config) -> Gateway:
         dataplane = ControlOnlyDataPlane()
     else:
         dataplane = TunnelDataPlane(private_key, build_resolver(config.dns, flags), config.dataplane)
-    return Gateway(config, dataplane, flags, bytes(PrivateKey(private_key).public_key))
+    return Gateway(config, dataplane, flags, public_key(private_key))
 
 
 def run(config: Config) -> None:
