@@ -8,6 +8,7 @@ the root (and, sooner or later, on each other's I/O classes).
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,7 @@ def imported_modules(path: Path, package_dir: Path = PACKAGE) -> set[str]:
     return found
 
 
+@functools.cache
 def graph() -> dict[str, set[str]]:
     return {module_name(path): imported_modules(path) for path in sorted(PACKAGE.rglob("*.py"))}
 
