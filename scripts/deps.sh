@@ -6,7 +6,7 @@ set -euo pipefail
 need=()
 for pair in wireguard-go:wireguard-go wg:wireguard-tools unbound:unbound unbound-control:unbound \
             iperf3:iperf3 iptables:iptables ip:iproute2 curl:curl setcap:libcap2-bin setpriv:util-linux \
-            python3:python3 ping:iputils-ping shellcheck:shellcheck; do
+            python3:python3 ping:iputils-ping shellcheck:shellcheck turnserver:coturn; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -20,7 +20,9 @@ if ((${#need[@]})); then
   # --no-install-recommends: wireguard-tools recommends a kernel image.
   $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${need[@]}" >/dev/null
 fi
-# Debian starts unbound's system service on install; our tests run their own instances.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet unbound 2>/dev/null; then
-  systemctl disable --now unbound >/dev/null 2>&1 || true
-fi
+# Debian starts unbound's and coturn's system services on install; our tests run their own.
+for unit in unbound coturn; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$unit" 2>/dev/null; then
+    systemctl disable --now "$unit" >/dev/null 2>&1 || true
+  fi
+done
