@@ -1,0 +1,1 @@
+"""STUN, TURN and ICE: the NAT traversal protocol cores, sans-I/O."""
