@@ -12,7 +12,7 @@ import base64
 import binascii
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway_pkg.resources import (
@@ -39,7 +39,7 @@ class UnknownEvent(ValueError):
 @dataclass(frozen=True, slots=True)
 class IceCredentials:
     username: str
-    password: str
+    password: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +48,7 @@ class Relay:
     type: str
     addr: str
     username: str | None
-    password: str | None
+    password: str | None = field(repr=False)
     expires_at: int | None
 
 

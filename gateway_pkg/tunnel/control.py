@@ -15,7 +15,11 @@ The rules, each unit-tested in tests/unit/tunnel/test_control.py:
 - a resolution that ends after its client was removed (or replaced) changes nothing;
 - removing a client's last resource (reject, expiry, init) says goodbye in-band first;
 - at most `max_pending_resolutions` resolutions run at once; a new one beyond that fails
-  at once (upstream drops the newest too).
+  at once (upstream drops the newest too);
+- a flow with both ICE credentials (1.4) or a 1.3 connection with the client's ICE parameters
+  starts an ICE session for the client (the traversal layer keeps an unchanged one); removing
+  the client ends it; candidates for an unknown client are ignored; relays from `init` are
+  added (never removed), `relays_presence` adds and removes.
 
 Time: `now` is Unix time in seconds, because the portal's `expires_at` is; NAT sessions use
 the same clock.
@@ -88,7 +92,35 @@ class CountDrop:
     reason: str
 
 
-Effect = ReplyToPortal | AddPeer | RemovePeer | SendToPeer | Resolve | SetTunAddresses | CountDrop
+@dataclass(frozen=True, slots=True)
+class ConnectIce:
+    """Start the client's ICE session (kept as it is when both credentials are unchanged)."""
+
+    client_id: str
+    local: messages.IceCredentials
+    remote: messages.IceCredentials
+
+
+@dataclass(frozen=True, slots=True)
+class DisconnectIce:
+    client_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteCandidates:
+    client_id: str
+    candidates: tuple[str, ...]
+    invalidate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRelays:
+    connected: tuple[messages.Relay, ...]
+    disconnected_ids: tuple[str, ...]
+
+
+Effect = (ReplyToPortal | AddPeer | RemovePeer | SendToPeer | Resolve | SetTunAddresses | CountDrop
+          | ConnectIce | DisconnectIce | RemoteCandidates | UpdateRelays)
 
 
 # --- state -------------------------------------------------------------------------------
@@ -160,6 +192,8 @@ class ClientControl:
         elif isinstance(message, messages.AuthorizeFlow):
             client = self._upsert(message.client, out)
             client.policy.add_resource(message.resource, message.expires_at)
+            if message.gateway_ice_credentials is not None and message.client_ice_credentials is not None:
+                out.append(ConnectIce(client.id, message.gateway_ice_credentials, message.client_ice_credentials))
             out.append(ReplyToPortal(*messages.flow_authorized(message.ref)))
             log.info("Authorized flow", extra={"fields": {"client": client.id, "resource": message.resource.id}})
         elif isinstance(message, messages.RequestConnection):
@@ -185,12 +219,20 @@ class ClientControl:
             expiring = self.clients.get(message.client_id)
             if expiring is not None:
                 expiring.policy.set_expiry(message.resource_id, message.expires_at)
-        elif isinstance(message, messages.RelaysPresence | messages.IceCandidates | messages.InvalidateIceCandidates):
-            log.debug("Ignoring %s: no ICE/TURN yet, clients connect directly", type(message).__name__)
+        elif isinstance(message, messages.RelaysPresence):
+            out.append(UpdateRelays(message.connected, message.disconnected_ids))
+        elif isinstance(message, messages.IceCandidates | messages.InvalidateIceCandidates):
+            if message.client_id in self.clients:
+                out.append(RemoteCandidates(message.client_id, message.candidates,
+                                            isinstance(message, messages.InvalidateIceCandidates)))
+            else:
+                log.debug("ICE candidates for unknown client %s", message.client_id)
         return out
 
     def _init(self, init: messages.Init, out: list[Effect]) -> None:
         out.append(SetTunAddresses(init.interface.ipv4, init.interface.ipv6))
+        if init.relays:
+            out.append(UpdateRelays(init.relays, ()))  # upstream adds; it never removes on init
         self.gateway_addresses.set(init.interface.ipv4, init.interface.ipv6)
         listed: dict[str, dict[str, int | None]] = {}
         for auth in init.authorizations:
@@ -212,9 +254,10 @@ class ClientControl:
         if message.domain is not None:
             client.policy.setup_nat(message.resource.id, message.domain.name, message.domain.proxy_ips,
                                     resolved, now)
-        # The gateway's own ICE answer credentials, as upstream's accept_connection makes them
-        # (unused until ICE exists: clients reach the UDP port directly).
+        # The gateway's own ICE answer credentials, as upstream's accept_connection makes them.
         credentials = messages.IceCredentials(self._random(4).hex(), self._random(11).hex())
+        if message.client_ice_credentials is not None:
+            out.append(ConnectIce(client.id, credentials, message.client_ice_credentials))
         out.append(ReplyToPortal(*messages.connection_ready(message.ref, credentials)))
         log.info("Accepted connection", extra={"fields": {"client": client.id, "resource": message.resource.id}})
 
@@ -357,6 +400,7 @@ class ClientControl:
         if goodbye:
             out.append(SendToPeer(client.public_key, p2p_control.encode_goodbye()))
         out.append(RemovePeer(client.public_key))
+        out.append(DisconnectIce(client.id))
         del self.clients[client.id]
         if self.by_key.get(client.public_key) is client:
             del self.by_key[client.public_key]

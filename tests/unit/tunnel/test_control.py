@@ -20,12 +20,16 @@ from gateway_pkg.tunnel import p2p_control
 from gateway_pkg.tunnel.control import (
     AddPeer,
     ClientControl,
+    ConnectIce,
     CountDrop,
+    DisconnectIce,
+    RemoteCandidates,
     RemovePeer,
     ReplyToPortal,
     Resolve,
     SendToPeer,
     SetTunAddresses,
+    UpdateRelays,
 )
 from gateway_pkg.tunnel.policy import Action
 from tests.packets import build_udp
@@ -85,6 +89,14 @@ def fixed_random(n: int) -> bytes:
     return bytes(range(n))
 
 
+ICE_EFFECTS = (ConnectIce, DisconnectIce, RemoteCandidates, UpdateRelays)
+
+
+def peer_effects(effects):
+    """What the WireGuard device and the client see, without the ICE bookkeeping."""
+    return [e for e in effects if not isinstance(e, ICE_EFFECTS)]
+
+
 # --- authorize_flow (1.4) ------------------------------------------------------------------
 
 
@@ -112,7 +124,7 @@ def test_a_key_change_drops_the_old_client_without_goodbye():
     control.handle(authorize(CIDR), NOW)
     effects = control.handle(authorize(OTHER, client=client_info(key=KEYS[1])), NOW)
     # The old session goes first, silently (the client already holds the new keys).
-    assert effects[:2] == [RemovePeer(KEYS[0]), AddPeer(KEYS[1], PSK)]
+    assert peer_effects(effects)[:2] == [RemovePeer(KEYS[0]), AddPeer(KEYS[1], PSK)]
     assert of(effects, SendToPeer) == []
     assert KEYS[0] not in control.by_key and control.by_key[KEYS[1]] is control.clients["c1"]
     # ... and its policy with it: the new connection reaches only what it was authorized for.
@@ -123,7 +135,7 @@ def test_a_new_preshared_key_is_a_new_connection_too():
     control = ClientControl()
     control.handle(authorize(CIDR), NOW)
     effects = control.handle(authorize(OTHER, client=client_info(psk=b"\x07" * 32)), NOW)
-    assert effects[:2] == [RemovePeer(KEYS[0]), AddPeer(KEYS[0], b"\x07" * 32)]
+    assert peer_effects(effects)[:2] == [RemovePeer(KEYS[0]), AddPeer(KEYS[0], b"\x07" * 32)]
     assert not reaches(control, "c1", to("10.9.0.7"))
 
 
@@ -131,7 +143,7 @@ def test_a_key_taken_over_by_another_client_id_leaves_one_peer():
     control = ClientControl()
     control.handle(authorize(CIDR, client=client_info("c1", KEYS[0], 2)), NOW)
     effects = control.handle(authorize(OTHER, client=client_info("c2", KEYS[0], 3)), NOW)
-    assert effects[:2] == [RemovePeer(KEYS[0]), AddPeer(KEYS[0], PSK)]
+    assert peer_effects(effects)[:2] == [RemovePeer(KEYS[0]), AddPeer(KEYS[0], PSK)]
     assert list(control.clients) == ["c2"] and control.by_key[KEYS[0]] is control.clients["c2"]
 
 
@@ -152,9 +164,9 @@ def test_init_reconciles_authorizations():
     effects = control.handle(init(("c1", "res-cidr", int(NOW) + 5)), NOW)
     # c1 keeps what init lists, with init's expiry; the rest of its resources go.
     assert reaches(control, "c1", to("10.9.0.7")) and not reaches(control, "c1", to("10.8.0.7"))
-    assert control.expire(NOW + 6) == [SendToPeer(KEYS[0], GOODBYE), RemovePeer(KEYS[0])]
+    assert peer_effects(control.expire(NOW + 6)) == [SendToPeer(KEYS[0], GOODBYE), RemovePeer(KEYS[0])]
     # c2 is listed nowhere: told goodbye, then removed.
-    assert effects[1:] == [SendToPeer(KEYS[1], GOODBYE), RemovePeer(KEYS[1])]
+    assert peer_effects(effects)[1:] == [SendToPeer(KEYS[1], GOODBYE), RemovePeer(KEYS[1])]
     assert "c2" not in control.clients and KEYS[1] not in control.by_key
 
 
@@ -268,7 +280,7 @@ def test_removing_the_last_resource_says_goodbye_before_removing_the_peer():
     control = ClientControl()
     control.handle(authorize(CIDR), NOW)
     effects = control.handle(messages.RejectAccess("c1", "res-cidr"), NOW)
-    assert effects == [SendToPeer(KEYS[0], GOODBYE), RemovePeer(KEYS[0])]
+    assert peer_effects(effects) == [SendToPeer(KEYS[0], GOODBYE), RemovePeer(KEYS[0])]
     assert p2p_control.decode(effects[0].packet) == p2p_control.Goodbye()
     assert control.clients == {} and control.by_key == {} and control.by_address == {}
 
@@ -289,14 +301,14 @@ def test_authorizations_expire_and_the_expiry_can_be_moved():
     control.handle(authorize(CIDR, expires_at=int(NOW) + 10), NOW)
     control.handle(messages.AccessAuthorizationExpiryUpdated("c1", "res-cidr", int(NOW) + 100), NOW)
     assert control.expire(NOW + 50) == [] and reaches(control, "c1", to("10.9.0.7"))
-    assert control.expire(NOW + 100) == [SendToPeer(KEYS[0], GOODBYE), RemovePeer(KEYS[0])]
+    assert peer_effects(control.expire(NOW + 100)) == [SendToPeer(KEYS[0], GOODBYE), RemovePeer(KEYS[0])]
 
 
 def test_shutdown_says_goodbye_to_everyone():
     control = ClientControl()
     control.handle(authorize(CIDR, client=client_info("c1", KEYS[0], 2)), NOW)
     control.handle(authorize(CIDR, client=client_info("c2", KEYS[1], 3)), NOW)
-    assert control.goodbye_all() == [SendToPeer(KEYS[0], GOODBYE), RemovePeer(KEYS[0]),
+    assert peer_effects(control.goodbye_all()) == [SendToPeer(KEYS[0], GOODBYE), RemovePeer(KEYS[0]),
                                       SendToPeer(KEYS[1], GOODBYE), RemovePeer(KEYS[1])]
     assert control.clients == {}
 
@@ -467,3 +479,64 @@ class ControlMachine(RuleBasedStateMachine):
 
 TestControlSequences = ControlMachine.TestCase
 TestControlSequences.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+
+
+# --- ICE sessions and relays -----------------------------------------------------------------
+
+GATEWAY_ICE = messages.IceCredentials("gwuf", "gateway-password-000000")
+CLIENT_ICE = messages.IceCredentials("cluf", "client-password-0000000")
+RELAY = messages.Relay("relay-1", "turn", "198.18.100.10:3478", "1700000000:salt", "secret", None)
+
+
+def test_a_flow_with_ice_credentials_starts_the_clients_ice_session_before_answering():
+    control = ClientControl()
+    flow = messages.AuthorizeFlow("r1", CIDR, client_info(), GATEWAY_ICE, CLIENT_ICE, None)
+    effects = control.handle(flow, NOW)
+    assert effects == [AddPeer(KEYS[0], PSK), ConnectIce("c1", GATEWAY_ICE, CLIENT_ICE),
+                       ReplyToPortal("flow_authorized", {"ref": "r1"})]
+
+
+def test_a_flow_without_ice_credentials_is_served_directly():
+    control = ClientControl()
+    assert of(control.handle(authorize(), NOW), ConnectIce) == []
+
+
+def test_a_1_3_connection_answers_with_the_credentials_its_ice_session_uses():
+    control = ClientControl(random_bytes=fixed_random)
+    message = messages.RequestConnection("r1", CIDR, client_info(), CLIENT_ICE, None, None, None)
+    effects = control.handle(message, NOW)
+    [connect] = of(effects, ConnectIce)
+    [reply] = of(effects, ReplyToPortal)
+    answered = reply.payload["gateway_payload"]["ConnectionAccepted"]["ice_parameters"]  # type: ignore[index]
+    assert (connect.local.username, connect.local.password) == (answered["username"], answered["password"])
+    assert connect.remote == CLIENT_ICE
+    assert effects.index(connect) < effects.index(reply)
+
+
+def test_removing_a_client_ends_its_ice_session():
+    control = ClientControl()
+    control.handle(messages.AuthorizeFlow("r1", CIDR, client_info(), GATEWAY_ICE, CLIENT_ICE, None), NOW)
+    effects = control.handle(messages.RejectAccess("c1", CIDR.id), NOW)
+    assert DisconnectIce("c1") in effects
+
+
+def test_candidates_reach_a_known_clients_session_only():
+    control = ClientControl()
+    control.handle(authorize(), NOW)
+    cands = ("candidate:1 1 udp 2130706431 198.18.1.2 5000 typ host",)
+    assert control.handle(messages.IceCandidates("c1", cands), NOW) == [RemoteCandidates("c1", cands, False)]
+    assert control.handle(messages.InvalidateIceCandidates("c1", cands), NOW) == [RemoteCandidates("c1", cands, True)]
+    assert control.handle(messages.IceCandidates("nobody", cands), NOW) == []
+
+
+def test_relays_come_from_init_and_presence():
+    control = ClientControl()
+    interface = messages.Interface(ipaddress.IPv4Address("100.64.0.1"), ipaddress.IPv6Address("fd00:2021:1111::1"))
+    effects = control.handle(messages.Init(interface, None, (RELAY,), ()), NOW)
+    assert UpdateRelays((RELAY,), ()) in effects
+    assert control.handle(messages.RelaysPresence(("relay-1",), ()), NOW) == [UpdateRelays((), ("relay-1",))]
+
+
+def test_relay_passwords_and_ice_passwords_stay_out_of_reprs():
+    assert "secret" not in repr(RELAY)
+    assert "gateway-password" not in repr(GATEWAY_ICE)
