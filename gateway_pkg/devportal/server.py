@@ -1,8 +1,9 @@
 """The development portal's server: the gateway WebSocket, the admin API, /decide, /healthz.
 
 One aiohttp application on one port. It speaks the portal side of the Phoenix channel,
-so a gateway cannot tell it from the hosted portal for the messages it implements.
-Query strings are never logged: gateways send their token in them.
+so a gateway cannot tell it from the hosted portal for the messages it implements: flows,
+TURN relays (`init`, `relays_presence`) and ICE candidates both ways. Query strings, the
+TURN secret and relay passwords are never logged. See docs/devportal.md.
 """
 
 from __future__ import annotations
@@ -22,13 +23,24 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from gateway_pkg.devportal.state import Flow, GatewayRecord, PortalState, RequestError, valid_key
+from gateway_pkg.devportal.relays import GATEWAY_TTL, InvalidRelay, Relay, RelayBook, parse_addrs
+from gateway_pkg.devportal.state import (
+    Flow,
+    GatewayRecord,
+    IceSession,
+    PortalState,
+    RequestError,
+    new_ice_credentials,
+    parse_ice_credentials,
+    valid_key,
+)
 from gateway_pkg.portal.messages import MalformedMessage, parse_resource
 
 log = logging.getLogger("gateway_pkg.devportal")
 
 GATEWAY_UDP_PORT = 52625
 FLAG_USERSPACE_DNS = "gateway-userspace-dns-a-aaaa-records"
+MAX_CANDIDATE_WAIT = 30.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -38,6 +50,9 @@ class Settings:
     admin_token: str
     reply_timeout: float = 15.0
     gateway_udp_port: int = GATEWAY_UDP_PORT
+    turn_secret: str | None = field(default=None, repr=False)
+    relays: list[tuple[str, ...]] = field(default_factory=list)
+    relay_ttl: int = GATEWAY_TTL
 
 
 @dataclass
@@ -63,6 +78,10 @@ class DevPortal:
         self.settings = settings
         self.state = PortalState()
         self.sessions: dict[str, _Session] = {}  # by gateway id
+        self.relays = RelayBook(settings.turn_secret, settings.relay_ttl)
+        for addrs in settings.relays:
+            self.relays.add(addrs)
+        self._candidates_changed = asyncio.Event()
 
     # --- application ---------------------------------------------------------------------
 
@@ -77,6 +96,12 @@ class DevPortal:
         app.router.add_post("/v1/flows", self._admin(self.create_flow))
         app.router.add_delete("/v1/flows/{flow}", self._admin(self.delete_flow))
         app.router.add_post("/v1/flows/{flow}/reauthorize", self._admin(self.reauthorize_flow))
+        app.router.add_post("/v1/flows/{flow}/candidates", self._admin(self.post_candidates))
+        app.router.add_get("/v1/flows/{flow}/candidates", self._admin(self.flow_candidates))
+        app.router.add_get("/v1/clients/{client}/candidates", self._admin(self.client_candidates))
+        app.router.add_get("/v1/relays", self._admin(self.list_relays))
+        app.router.add_post("/v1/relays", self._admin(self.add_relay))
+        app.router.add_delete("/v1/relays/{relay}", self._admin(self.delete_relay))
         app.router.add_patch("/v1/resources/{resource}", self._admin(self.update_resource))
         app.router.add_get("/v1/flags", self._admin(self.get_flags))
         app.router.add_put("/v1/flags", self._admin(self.put_flags))
@@ -211,7 +236,8 @@ class DevPortal:
         if event == "phx_join":
             session.joined = session.gateway.joined = True
             await self._reply(session, topic, ref, "ok", {})
-            await session.push("init", self.state.init_payload(session.gateway))
+            relays = self.relays.gateway_entries(session.gateway.public_key)
+            await session.push("init", self.state.init_payload(session.gateway, relays))
             return
         if not session.joined:
             await self._reply(session, topic, ref, "error", {"reason": "unmatched topic"})
@@ -227,11 +253,25 @@ class DevPortal:
             if flow is not None:
                 flow.status = "authorized"
                 flow.reply = {"event": event, "payload": payload}
+                if event == "connection_ready":
+                    flow.ice.gateway = _accepted_ice(payload) or flow.ice.gateway
             if waiter is not None and not waiter.done():
                 waiter.set_result({"event": event, "payload": payload})
             await self._reply(session, topic, ref, "ok", {})
             return
         if event in ("broadcast_ice_candidates", "broadcast_invalidated_ice_candidates"):
+            client_ids = payload.get("client_ids") if isinstance(payload, dict) else None
+            candidates = payload.get("candidates") if isinstance(payload, dict) else None
+            if not _strings(client_ids) or not _strings(candidates):
+                log.warning("Malformed %s from gateway %s", event, session.gateway.name)
+                await self._reply(session, topic, ref, "error", {"reason": "invalid_payload"})
+                return
+            assert isinstance(client_ids, list) and isinstance(candidates, list)
+            if event == "broadcast_ice_candidates":
+                self.state.add_candidates(session.gateway.id, client_ids, candidates)
+            else:
+                self.state.invalidate_candidates(session.gateway.id, client_ids, candidates)
+            self._signal_candidates()
             await self._reply(session, topic, ref, "ok", {})
             return
         await self._reply(session, topic, ref, "error", {"reason": "unknown_message"})
@@ -258,7 +298,8 @@ class DevPortal:
     # --- admin API: flows ------------------------------------------------------------------
 
     def _parse_flow_request(self, body: dict[str, Any]) -> tuple[GatewayRecord, dict[str, Any], dict[str, Any],
-                                                                  dict[str, Any] | None, int | None, str]:
+                                                                  dict[str, Any] | None, int | None, str,
+                                                                  dict[str, str] | None]:
         gateway_ref = body.get("gateway")
         if not isinstance(gateway_ref, str):
             raise RequestError(400, "gateway (id or external_id) is required")
@@ -280,6 +321,7 @@ class DevPortal:
         client_id = client.get("id") or str(uuid.uuid5(uuid.NAMESPACE_URL, f"client:{client['public_key']}"))
         clean_client = {"id": str(client_id), "public_key": client["public_key"],
                         "preshared_key": client["preshared_key"], "ipv4": str(ipv4), "ipv6": str(ipv6)}
+        ice = None if client.get("ice") is None else parse_ice_credentials(client["ice"], "client.ice")
         resource = body.get("resource")
         if not isinstance(resource, dict):
             raise RequestError(400, "resource is required")
@@ -311,20 +353,37 @@ class DevPortal:
         expires_at = body.get("expires_at")
         if expires_at is not None and (isinstance(expires_at, bool) or not isinstance(expires_at, int)):
             raise RequestError(400, "expires_at must be a unix timestamp in seconds")
-        return gateway, clean_client, resource, domain, expires_at, protocol
+        return gateway, clean_client, resource, domain, expires_at, protocol, ice
+
+    def _ice_session_for(self, gateway: GatewayRecord, client_id: str, protocol: str,
+                         given: dict[str, str] | None) -> tuple[IceSession, bool]:
+        """The client's ICE session on that gateway, and whether it is a new one.
+
+        Flows of one client on one gateway share it (so a second flow or a reauthorization
+        does not restart ICE); a different `client.ice` starts a new one, as a restarted
+        client would. The gateway's side is picked here for 1.4 and comes with
+        `connection_ready` for 1.3.
+        """
+        current = self.state.ice_session(gateway.id, client_id)
+        if current is not None and (given is None or given == current.client) \
+                and (protocol == "1.3" or current.gateway is not None):
+            return current, False
+        self.state.forget_candidates(gateway.id, client_id)
+        return IceSession(client=given or new_ice_credentials(),
+                          gateway=new_ice_credentials() if protocol == "1.4" else None), True
 
     async def create_flow(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        gateway, client, resource, domain, expires_at, protocol = self._parse_flow_request(body)
+        gateway, client, resource, domain, expires_at, protocol, given_ice = self._parse_flow_request(body)
         session = self._session_for(gateway)
+        ice, fresh = self._ice_session_for(gateway, client["id"], protocol, given_ice)
         flow = Flow(id=str(uuid.uuid4()), gateway_id=gateway.id, protocol=protocol, client=client,
-                    resource=resource, domain=domain, expires_at=expires_at, ref=secrets.token_urlsafe(24))
-        existing = self.state.client_flows(gateway.id, client["id"])
+                    resource=resource, domain=domain, expires_at=expires_at, ref=secrets.token_urlsafe(24), ice=ice)
         self.state.flows[flow.id] = flow
         wait = body.get("wait", True) is not False
         if protocol == "1.4":
             event, payload = "authorize_flow", self._authorize_flow_payload(flow)
-        elif existing:
+        elif not fresh:
             event, payload = "allow_access", self._allow_access_payload(flow)
         else:
             event, payload = "request_connection", self._request_connection_payload(flow)
@@ -337,6 +396,7 @@ class DevPortal:
                 "id": gateway.id, "public_key": gateway.public_key, "ipv4": str(gateway.ipv4),
                 "ipv6": str(gateway.ipv6), "port": self.settings.gateway_udp_port,
             },
+            "relays": self.relays.client_views(),
         }
         return web.json_response(answer, status=201)
 
@@ -359,9 +419,9 @@ class DevPortal:
             "ref": flow.ref,
             "flow_id": flow.id,
             "resource": flow.resource,
-            "gateway_ice_credentials": {"username": secrets.token_hex(4), "password": secrets.token_hex(11)},
+            "gateway_ice_credentials": flow.ice.gateway,
             "client": flow.client,
-            "client_ice_credentials": {"username": secrets.token_hex(4), "password": secrets.token_hex(11)},
+            "client_ice_credentials": flow.ice.client,
             "expires_at": flow.expires_at,
         }
 
@@ -374,7 +434,7 @@ class DevPortal:
             "client": {
                 "id": client["id"],
                 "payload": {
-                    "ice_parameters": {"username": secrets.token_hex(4), "password": secrets.token_hex(11)},
+                    "ice_parameters": flow.ice.client,
                     **({"domain": flow.domain} if flow.domain else {}),
                 },
                 "peer": {"persistent_keepalive": 25, "public_key": client["public_key"],
@@ -420,6 +480,8 @@ class DevPortal:
             else:
                 sent = "reject_access"
                 await session.push(sent, {"client_id": flow.client["id"], "resource_id": flow.resource["id"]})
+        if not self.state.client_flows(flow.gateway_id, flow.client["id"]):
+            self.state.forget_candidates(flow.gateway_id, flow.client["id"])  # the connection is gone
         return web.json_response({"deleted": flow.id, "sent": sent})
 
     async def reauthorize_flow(self, request: web.Request) -> web.Response:
@@ -461,6 +523,113 @@ class DevPortal:
                 await session.push("resource_updated", updated)
         return web.json_response({"resource": updated, "gateways_notified": sorted(notified)})
 
+    # --- admin API: ICE candidates ---------------------------------------------------------
+
+    async def post_candidates(self, request: web.Request) -> web.Response:
+        """A client's candidates (or their invalidation) to the flow's gateway."""
+        flow = self._flow(request)
+        body = await self._body(request)
+        candidates, invalidate = body.get("candidates"), body.get("invalidate", False)
+        if not _strings(candidates):
+            raise RequestError(400, 'candidates must be a list of SDP candidate strings ("candidate:...")')
+        if not isinstance(invalidate, bool):
+            raise RequestError(400, "invalidate must be true or false")
+        session = self._session_for(self.state.find_gateway(flow.gateway_id))
+        event = "invalidate_ice_candidates" if invalidate else "ice_candidates"
+        await session.push(event, {"client_id": flow.client["id"], "candidates": candidates})
+        return web.json_response({"event": event, "client_id": flow.client["id"], "gateway_id": flow.gateway_id,
+                                  "count": len(candidates or [])}, status=202)
+
+    async def flow_candidates(self, request: web.Request) -> web.Response:
+        flow = self._flow(request)
+        return await self._candidates_answer(request, flow.client["id"], flow.gateway_id)
+
+    async def client_candidates(self, request: web.Request) -> web.Response:
+        ident = request.query.get("gateway")
+        gateway_id = None if ident is None else self.state.find_gateway(ident).id
+        return await self._candidates_answer(request, request.match_info["client"], gateway_id)
+
+    async def _candidates_answer(self, request: web.Request, client_id: str, gateway_id: str | None) -> web.Response:
+        """What the gateway(s) broadcast for the client, waiting up to `?wait=` s for one."""
+        raw = request.query.get("wait", "0")
+        try:
+            wait = min(float(raw), MAX_CANDIDATE_WAIT)
+        except ValueError:
+            raise RequestError(400, f"wait must be seconds (at most {MAX_CANDIDATE_WAIT:g}), got {raw!r}") from None
+        if not wait >= 0:
+            raise RequestError(400, f"wait must be seconds (at most {MAX_CANDIDATE_WAIT:g}), got {raw!r}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            found = self.state.candidates_for(client_id, gateway_id)
+            remaining = deadline - loop.time()
+            if found or remaining <= 0:
+                return web.json_response({"candidates": found})
+            changed = self._candidates_changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+
+    def _signal_candidates(self) -> None:
+        changed, self._candidates_changed = self._candidates_changed, asyncio.Event()
+        changed.set()
+
+    # --- admin API: relays -----------------------------------------------------------------
+
+    async def list_relays(self, request: web.Request) -> web.Response:
+        return web.json_response({"relays": self.relays.client_views()})
+
+    async def add_relay(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        if not self.relays.enabled:
+            raise RequestError(409, "no TURN secret: start the portal with --turn-secret-file")
+        addrs = body.get("addrs")
+        if not isinstance(addrs, list):
+            raise RequestError(400, 'addrs must be a list of "ip:port" / "[v6]:port"')
+        try:
+            relay = self.relays.add(parse_addrs(addrs))
+        except InvalidRelay as exc:
+            raise RequestError(400, str(exc)) from None
+        log.info("Relay %s added (%s)", relay.id, ", ".join(relay.addrs))
+        notified = await self._relays_presence(connected=[relay], disconnected_ids=[])
+        return web.json_response({"id": relay.id, "addrs": list(relay.addrs), "gateways_notified": notified},
+                                 status=201)
+
+    async def delete_relay(self, request: web.Request) -> web.Response:
+        relay = self.relays.remove(request.match_info["relay"])
+        if relay is None:
+            raise RequestError(404, "unknown relay")
+        log.info("Relay %s removed", relay.id)
+        await self._relays_presence(connected=[], disconnected_ids=[relay.id])
+        return web.Response(status=204)
+
+    async def _relays_presence(self, *, connected: list[Relay], disconnected_ids: list[str]) -> list[str]:
+        """`relays_presence` to every joined gateway, each with its own credentials."""
+        notified = []
+        for session in list(self.sessions.values()):
+            if not session.joined:
+                continue
+            entries = self.relays.gateway_entries(session.gateway.public_key, connected) if connected else []
+            try:
+                await session.push("relays_presence", {"connected": entries, "disconnected_ids": disconnected_ids})
+            except ConnectionError:
+                continue  # closing: it gets the relays with its next `init`
+            notified.append(session.gateway.id)
+        return notified
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _accepted_ice(payload: dict[str, Any]) -> dict[str, str] | None:
+    """The gateway's ICE credentials in a 1.3 `connection_ready`, if well-formed."""
+    accepted = payload.get("gateway_payload")
+    params = accepted.get("ConnectionAccepted") if isinstance(accepted, dict) else None
+    ice = params.get("ice_parameters") if isinstance(params, dict) else None
+    if isinstance(ice, dict) and isinstance(ice.get("username"), str) and isinstance(ice.get("password"), str):
+        return {"username": ice["username"], "password": ice["password"]}
+    return None
+
 
 async def serve(portal: DevPortal, host: str, port: int) -> web.AppRunner:
     runner = web.AppRunner(portal.make_app(), access_log=None, handle_signals=False)
@@ -473,6 +642,8 @@ async def serve(portal: DevPortal, host: str, port: int) -> web.AppRunner:
 async def run_forever(portal: DevPortal, host: str, port: int, ready: Callable[[], None] | None = None) -> None:
     runner = await serve(portal, host, port)
     log.info("Development portal listening on %s:%d", host, port)
+    for relay in portal.relays.relays.values():
+        log.info("Relay %s: %s", relay.id, ", ".join(relay.addrs))
     if ready is not None:
         ready()
     stop = asyncio.Event()

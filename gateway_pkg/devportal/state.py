@@ -1,4 +1,5 @@
-"""What the development portal knows: gateways, flows, feature flags. No I/O here."""
+"""What the development portal knows: gateways, flows, ICE sessions and candidates, feature
+flags. No I/O here."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import binascii
 import hashlib
 import ipaddress
 import re
+import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ GATEWAY_V4_BASE = ipaddress.IPv4Address("100.95.0.0")
 GATEWAY_V6_BASE = ipaddress.IPv6Address("fd00:2021:1111::1f:0")
 GATEWAY_SLOTS = 65534
 _VERSION = re.compile(r"(?:connlib|gateway)/(\d+)\.(\d+)\.(\d+)")
+_ICE_CHARS = re.compile(r"[A-Za-z0-9+/]+")  # RFC 8445 §5.3 ice-char
 
 
 class RequestError(ValueError):
@@ -61,6 +64,36 @@ class GatewayRecord:
 
 
 @dataclass
+class IceSession:
+    """One client's ICE connection to one gateway: both sides' credentials.
+
+    `gateway` is None for a 1.3 connection until `connection_ready` brings it.
+    """
+
+    client: dict[str, str]
+    gateway: dict[str, str] | None
+
+    def view(self) -> dict[str, Any]:
+        return {"client": self.client, "gateway": self.gateway}
+
+
+def new_ice_credentials() -> dict[str, str]:
+    return {"username": secrets.token_hex(4), "password": secrets.token_hex(11)}
+
+
+def parse_ice_credentials(value: Any, where: str) -> dict[str, str]:
+    """`{"username","password"}` of ice-chars, RFC 8445 lengths (4+ and 22+, at most 256)."""
+    if not isinstance(value, dict):
+        raise RequestError(400, f'{where} must be {{"username": ..., "password": ...}}')
+    username, password = value.get("username"), value.get("password")
+    for name, text, least in (("username", username, 4), ("password", password, 22)):
+        if not isinstance(text, str) or not least <= len(text) <= 256 or not _ICE_CHARS.fullmatch(text):
+            raise RequestError(400, f"{where}.{name} must be {least}-256 ICE characters (A-Z a-z 0-9 + /)")
+    assert isinstance(username, str) and isinstance(password, str)
+    return {"username": username, "password": password}
+
+
+@dataclass
 class Flow:
     id: str
     gateway_id: str
@@ -70,6 +103,7 @@ class Flow:
     domain: dict[str, Any] | None
     expires_at: int | None
     ref: str
+    ice: IceSession
     status: str = "pending"
     reply: dict[str, Any] | None = None
     created: float = field(default_factory=time.time)
@@ -85,6 +119,7 @@ class Flow:
             "expires_at": self.expires_at,
             "status": self.status,
             "reply": self.reply,
+            "ice": self.ice.view(),
         }
 
 
@@ -109,6 +144,8 @@ class PortalState:
         self.gateways: dict[str, GatewayRecord] = {}  # by external_id
         self.flows: dict[str, Flow] = {}
         self.flags: dict[str, Any] = {}
+        # What each gateway broadcast for each client: (gateway id, client id) -> candidates.
+        self.candidates: dict[tuple[str, str], list[str]] = {}
         self._taken: dict[int, str] = {}
 
     # --- gateways ------------------------------------------------------------------------
@@ -169,13 +206,13 @@ class PortalState:
                 best[key] = flow.expires_at
         return [{"client_id": c, "resource_id": r, "expires_at": e} for (c, r), e in best.items()]
 
-    def init_payload(self, gateway: GatewayRecord) -> dict[str, Any]:
+    def init_payload(self, gateway: GatewayRecord, relays: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "interface": {"ipv4": str(gateway.ipv4), "ipv6": str(gateway.ipv6)},
             # Sent as true "for API compatibility", like the real portal; unused by gateways.
             "config": {"ipv4_masquerade_enabled": True, "ipv6_masquerade_enabled": True},
             "account_slug": "dev",
-            "relays": [],
+            "relays": relays,
             "authorizations": self.authorizations_for(gateway, time.time()),
         }
 
@@ -196,3 +233,30 @@ class PortalState:
             if flow.ref == ref:
                 return flow
         return None
+
+    def ice_session(self, gateway_id: str, client_id: str) -> IceSession | None:
+        """The ICE session of the client's newest flow on that gateway, if any."""
+        flows = self.client_flows(gateway_id, client_id)
+        return flows[-1].ice if flows else None
+
+    # --- candidates the gateways broadcast ------------------------------------------------
+
+    def add_candidates(self, gateway_id: str, client_ids: list[str], candidates: list[str]) -> None:
+        for client_id in client_ids:
+            known = self.candidates.setdefault((gateway_id, client_id), [])
+            known.extend(c for c in dict.fromkeys(candidates) if c not in known)
+
+    def invalidate_candidates(self, gateway_id: str, client_ids: list[str], candidates: list[str]) -> None:
+        gone = set(candidates)
+        for client_id in client_ids:
+            key = (gateway_id, client_id)
+            if key in self.candidates:
+                self.candidates[key] = [c for c in self.candidates[key] if c not in gone]
+
+    def forget_candidates(self, gateway_id: str, client_id: str) -> None:
+        self.candidates.pop((gateway_id, client_id), None)
+
+    def candidates_for(self, client_id: str, gateway_id: str | None = None) -> list[str]:
+        """A client's candidates from one gateway, or from every gateway in turn."""
+        return [c for (gw, cl), found in self.candidates.items()
+                if cl == client_id and gateway_id in (None, gw) for c in found]

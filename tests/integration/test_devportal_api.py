@@ -53,6 +53,8 @@ def test_flow_lifecycle_reaches_the_gateway(portal, gateway):
     assert flow["event"] == "authorize_flow" and flow["gateway"]["port"] == 52625
     assert flow["gateway"]["public_key"] == portal.gateways()[0]["public_key"]
     assert flow["status"] == "timeout"  # the control-only gateway never replies
+    assert set(flow["ice"]) == {"client", "gateway"} and flow["ice"]["gateway"]["password"]
+    assert flow["relays"] == []  # no --relay, no --turn-secret-file
     wait_for(lambda: "Ignoring AuthorizeFlow" in gateway.output(), 5, "authorize_flow received")
 
     status, body = portal.api("PATCH", f"/v1/resources/{flow['resource_id']}", {"filters": []})
@@ -89,6 +91,14 @@ def test_bad_flow_requests_are_clear_errors(portal, gateway, patch, message):
     body = flow_body(portal.gateways()[0]["id"]) | patch
     status, answer = portal.api("POST", "/v1/flows", body)
     assert status in (400, 404) and message in answer["error"]
+
+
+def test_relays_need_a_turn_secret(portal):
+    assert portal.api("GET", "/v1/relays") == (200, {"relays": []})
+    status, answer = portal.api("POST", "/v1/relays", {"addrs": ["198.18.9.1:3478"]})
+    assert status == 409 and "--turn-secret-file" in answer["error"]
+    assert http("GET", portal.url + "/v1/relays")[0] == 401
+    assert portal.api("GET", "/v1/flows/nope/candidates")[0] == 404
 
 
 def test_flags_are_served_on_decide(portal):
