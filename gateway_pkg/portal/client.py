@@ -45,7 +45,15 @@ MessageHandler = Callable[[messages.IngressMessage], None]
 
 
 class _Hiccup(Exception):
-    """A transient problem with this connection: reconnect with backoff."""
+    """A transient problem with this connection: reconnect with backoff.
+
+    `abort`: the portal stopped answering, so the socket is dropped without waiting for a
+    closing handshake it would never complete (websockets waits up to 10 s for one).
+    """
+
+    def __init__(self, reason: str, *, abort: bool = False) -> None:
+        super().__init__(reason)
+        self.abort = abort
 
 
 class _Refused(Exception):
@@ -121,15 +129,19 @@ class PortalClient:
                 self.last_error = str(exc)
             else:
                 backoff.reset()
+                abort = False
                 try:
                     await self._session(ws)
                 except _Hiccup as exc:
                     self.last_error = str(exc)
+                    abort = exc.abort
                 finally:
                     self._set_state(joined=False, connected=False)
                     self.channel.connection_closed()
                     self._ws = None
                     self._outbox = None
+                    if abort:
+                        ws.transport.abort()
                     await ws.close()
             if self._stopping.is_set():
                 break
@@ -254,7 +266,9 @@ class PortalClient:
                 metrics.PORTAL_SKIPPED.inc()
                 log.warning("Skipped a portal frame: %s", event.reason)
             elif isinstance(event, Reconnect):
-                raise _Hiccup(event.reason)
+                if event.unresponsive:
+                    log.warning("%s; reconnecting", event.reason)
+                raise _Hiccup(event.reason, abort=event.unresponsive)
             elif isinstance(event, Fatal):
                 raise RuntimeFailure(f"portal refused the gateway: {event.reason}")
 

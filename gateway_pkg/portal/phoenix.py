@@ -4,6 +4,13 @@ One `PhoenixChannel` follows one logical connection to the portal across reconne
 I/O layer tells it when a socket opened or closed, feeds it every received text frame and
 calls `tick()` periodically; it answers with frames to send and events to act on.
 Refs are integers from one counter shared by joins, pushes and heartbeats, never reset.
+
+Liveness: a heartbeat is due after an interval without sending. When one is due and the
+last `MISSED_HEARTBEATS` heartbeats of this connection are all unanswered, the core asks
+for a reconnect instead of sending another (upstream 1.5.1), so a portal that stops
+answering but keeps the TCP connection open is left within about 4 intervals. Only a reply
+to a heartbeat ref counts (any status): it proves the round trip. Other inbound frames do
+not, because a path that still delivers pushes to us may be losing what we send.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ HEARTBEAT_INTERVAL = 30.0
 JOIN_TIMEOUT = 5.0
 MAX_QUEUED = 32
 MAX_FRAME_BYTES = 1024 * 1024
+# Heartbeats sent and not answered after which the connection is given up (upstream 1.5.1).
+MISSED_HEARTBEATS = 3
 PHOENIX_TOPIC = "phoenix"
 
 
@@ -59,9 +68,14 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class Reconnect:
-    """Transient failure: close the socket and reconnect with backoff."""
+    """Transient failure: close the socket and reconnect with backoff.
+
+    `unresponsive` says the portal stopped answering (join timeout, missed heartbeats):
+    waiting for it to complete a closing handshake would only delay the reconnect.
+    """
 
     reason: str
+    unresponsive: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +136,8 @@ class PhoenixChannel:
         self._join_ref: int | None = None
         self._join_deadline: float | None = None
         self._last_sent = 0.0
+        # Refs of this connection's heartbeats not answered yet, oldest first.
+        self._unanswered_heartbeats: list[int] = []
         self._queue: deque[tuple[str, Any]] = deque()
         self.dropped_from_queue = 0
 
@@ -133,6 +149,10 @@ class PhoenixChannel:
     def connected(self) -> bool:
         return self._connected
 
+    @property
+    def unanswered_heartbeats(self) -> int:
+        return len(self._unanswered_heartbeats)
+
     def _frame(self, topic: str, event: str, payload: Any, now: float) -> tuple[int, str]:
         ref = self._next_ref
         self._next_ref += 1
@@ -143,6 +163,7 @@ class PhoenixChannel:
         """A socket is open: join our topic with a null payload (as upstream's `()`)."""
         self._connected = True
         self._joined = False
+        self._unanswered_heartbeats.clear()
         ref, text = self._frame(self.topic, "phx_join", None, now)
         self._join_ref = ref
         self._join_deadline = now + self._join_timeout
@@ -153,6 +174,7 @@ class PhoenixChannel:
         self._joined = False
         self._join_ref = None
         self._join_deadline = None
+        self._unanswered_heartbeats.clear()
 
     def push(self, event: str, payload: Any, now: float) -> tuple[int | None, list[str]]:
         """Send an application message now if joined, else queue it (at most 32)."""
@@ -190,6 +212,11 @@ class PhoenixChannel:
     def _on_reply(self, frame: Frame, now: float) -> tuple[list[str], list[Event]]:
         if frame.ref is None:
             return [], [Skipped("reply without ref")]
+        if frame.topic == PHOENIX_TOPIC and frame.ref in self._unanswered_heartbeats:
+            # Any answer to one of our heartbeats, whatever its status, shows the portal is
+            # there; replies come in order, so the older unanswered ones are moot too.
+            self._unanswered_heartbeats.clear()
+            return [], []
         payload = frame.payload if isinstance(frame.payload, dict) else {}
         status = payload.get("status")
         response = payload.get("response")
@@ -208,7 +235,7 @@ class PhoenixChannel:
                 frames.append(self._frame(self.topic, event, queued_payload, now)[1])
             return frames, [Joined(self.topic)]
         if frame.topic == PHOENIX_TOPIC:
-            return [], []  # heartbeat acknowledgements carry nothing for us
+            return [], []  # a late heartbeat acknowledgement (already counted, or another connection's)
         if status != "ok" and isinstance(response, dict) and response.get("reason") == "unmatched topic":
             # The server forgot our join (e.g. a channel crash): join again on this socket.
             self._joined = False
@@ -219,14 +246,19 @@ class PhoenixChannel:
         return [], [Reply(frame.ref, status, response)]
 
     def tick(self, now: float) -> tuple[list[str], list[Event]]:
-        """Heartbeat when idle for the interval; a join unanswered in time means reconnect."""
+        """Heartbeat when idle for the interval; a join unanswered in time, or a heartbeat
+        due while `MISSED_HEARTBEATS` are unanswered, means reconnect."""
         if not self._connected:
             return [], []
         if self._join_deadline is not None and now >= self._join_deadline:
             self._join_deadline = None
-            return [], [Reconnect(f"join not acknowledged within {self._join_timeout:g} s")]
+            return [], [Reconnect(f"join not acknowledged within {self._join_timeout:g} s", unresponsive=True)]
         if now - self._last_sent >= self._heartbeat_interval:
-            return [self._frame(PHOENIX_TOPIC, "heartbeat", {}, now)[1]], []
+            if len(self._unanswered_heartbeats) >= MISSED_HEARTBEATS:
+                return [], [Reconnect(f"portal missed {MISSED_HEARTBEATS} heartbeats", unresponsive=True)]
+            ref, text = self._frame(PHOENIX_TOPIC, "heartbeat", {}, now)
+            self._unanswered_heartbeats.append(ref)
+            return [text], []
         return [], []
 
     def next_deadline(self) -> float:

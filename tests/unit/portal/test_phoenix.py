@@ -4,6 +4,7 @@ import pytest
 
 from gateway_pkg.portal.phoenix import (
     MAX_QUEUED,
+    MISSED_HEARTBEATS,
     Fatal,
     Joined,
     MalformedFrame,
@@ -70,7 +71,7 @@ def test_join_timeout_asks_for_reconnect():
     channel = PhoenixChannel("gateway", join_timeout=5.0)
     channel.connection_opened(0.0)
     assert channel.tick(4.9) == ([], [])
-    assert channel.tick(5.0) == ([], [Reconnect("join not acknowledged within 5 s")])
+    assert channel.tick(5.0) == ([], [Reconnect("join not acknowledged within 5 s", unresponsive=True)])
 
 
 def test_join_error_is_fatal():
@@ -129,3 +130,97 @@ def test_malformed_frames_are_skipped(text):
 
 def test_string_refs_are_tolerated():
     assert decode_frame('{"topic":"a","event":"b","ref":"7"}').ref == 7
+
+
+# --- heartbeat loss (upstream 1.5.1): the clock is the `now` the tests pass in ----------
+
+INTERVAL = 1.0
+MISSED = Reconnect("portal missed 3 heartbeats", unresponsive=True)
+
+
+def joined_at(t, channel=None):
+    channel = channel or PhoenixChannel("gateway", heartbeat_interval=INTERVAL)
+    [join] = frames(channel.connection_opened(t))
+    channel.receive(reply(join["ref"]), t)
+    return channel
+
+
+def beat(channel, now):
+    """Tick when a heartbeat is due; return the heartbeat's ref (None if none) and the events."""
+    out, events = channel.tick(now)
+    sent = frames(out)
+    assert all(f["topic"] == "phoenix" and f["event"] == "heartbeat" for f in sent)
+    return (sent[0]["ref"] if sent else None), events
+
+
+def test_the_limit_is_upstreams_three():
+    assert MISSED_HEARTBEATS == 3
+
+
+def test_two_missed_heartbeats_do_not_reconnect():
+    channel = joined_at(0.0)
+    refs = [beat(channel, t) for t in (1.0, 2.0)]
+    assert all(ref is not None and events == [] for ref, events in refs)
+    assert channel.unanswered_heartbeats == 2
+    assert channel.tick(2.9) == ([], [])  # nothing due between heartbeats
+    ref, events = beat(channel, 3.0)  # due with two unanswered: a third heartbeat, no reconnect
+    assert ref is not None and events == []
+
+
+def test_three_missed_heartbeats_reconnect_when_the_fourth_is_due():
+    channel = joined_at(0.0)
+    for t in (1.0, 2.0, 3.0):
+        assert beat(channel, t)[1] == []
+    assert channel.unanswered_heartbeats == 3
+    assert channel.tick(3.9) == ([], [])
+    assert channel.tick(4.0) == ([], [MISSED])  # no fourth heartbeat is sent
+
+
+def test_any_reply_to_a_heartbeat_resets_the_count():
+    channel = joined_at(0.0)
+    refs = [beat(channel, t)[0] for t in (1.0, 2.0, 3.0)]
+    # An error reply is still an answer; a reply to an older heartbeat clears the newer too,
+    # since replies come in order.
+    assert channel.receive(reply(refs[1], "error", {"reason": "x"}, topic="phoenix"), 3.5) == ([], [])
+    assert channel.unanswered_heartbeats == 0
+    assert channel.receive(reply(refs[2], topic="phoenix"), 3.6) == ([], [])  # late, harmless
+    for t in (4.0, 5.0, 6.0):
+        ref, events = beat(channel, t)
+        assert ref is not None and events == []
+    assert channel.tick(7.0) == ([], [MISSED])
+
+
+def test_other_inbound_frames_are_not_liveness():
+    channel = joined_at(0.0)
+    refs = [beat(channel, t)[0] for t in (1.0, 2.0, 3.0)]
+    push = json.dumps({"topic": "gateway", "event": "init", "payload": {}, "ref": None})
+    assert channel.receive(push, 3.5)[1] == [Push("init", {})]
+    # A reply on our topic carrying a heartbeat's ref is not a heartbeat reply.
+    channel.receive(reply(refs[0], topic="gateway"), 3.6)
+    assert channel.tick(4.0) == ([], [MISSED])
+
+
+def test_counts_reset_after_reconnect():
+    channel = joined_at(0.0)
+    stale = [beat(channel, t)[0] for t in (1.0, 2.0, 3.0)]
+    assert channel.tick(4.0) == ([], [MISSED])
+    channel.connection_closed()
+    assert channel.unanswered_heartbeats == 0
+    joined_at(4.5, channel)
+    for t in (5.5, 6.5):
+        ref, events = beat(channel, t)
+        assert ref is not None and events == []
+    assert beat(channel, 7.5)[1] == []  # two unanswered on this connection, not five
+    # A reply to the old connection's heartbeat arriving now proves nothing about this one.
+    channel.receive(reply(stale[2], topic="phoenix"), 7.6)
+    assert channel.unanswered_heartbeats == 3
+    assert channel.tick(8.5) == ([], [MISSED])
+
+
+def test_sending_postpones_the_heartbeat_and_so_the_verdict():
+    channel = joined_at(0.0)
+    for t in (1.0, 2.0, 3.0):
+        beat(channel, t)
+    channel.push("flow_authorized", {"ref": "r"}, 3.5)  # the interval restarts on any send
+    assert channel.tick(4.0) == ([], [])
+    assert channel.tick(4.5) == ([], [MISSED])
