@@ -6,7 +6,13 @@ runs the loops and executes what the cores return. It runs on the asyncio loop: 
 and the UDP sockets are read with `add_reader`, draining up to a batch per wakeup, which
 measured 5x faster here than asyncio's datagram protocol (docs/dataplane.md).
 
-Time: WireGuard timers use the monotonic clock; authorization expiry and NAT sessions use
+NAT traversal (`ice.node.Traversal`, sans-I/O) shares the UDP sockets: a datagram that looks
+like WireGuard (type 1-4, three zero bytes) goes straight to the device; anything else (STUN,
+TURN ChannelData, datagrams from a relay) goes to the traversal layer, which hands back the
+WireGuard it finds inside relayed frames. WireGuard for endpoints reached through a relay is
+framed for that relay on the way out.
+
+Time: WireGuard timers and ICE/TURN use the monotonic clock; authorization expiry and NAT sessions use
 Unix time, because the portal's `expires_at` is Unix seconds.
 """
 
@@ -25,25 +31,31 @@ from typing import Any
 from gateway_pkg.config import DataPlaneSettings
 from gateway_pkg.dns.base import DnsResolver, IPAddress
 from gateway_pkg.errors import RuntimeFailure
+from gateway_pkg.ice.agent import Credentials
+from gateway_pkg.ice.node import CandidatesForClient, ConnectionFailed, PathSelected, Traversal, normalise
 from gateway_pkg.interfaces import PortalSender
 from gateway_pkg.portal import messages
 from gateway_pkg.tunnel import metrics, p2p_control
 from gateway_pkg.tunnel.control import (
     AddPeer,
     ClientControl,
+    ConnectIce,
     CountDrop,
+    DisconnectIce,
     Effect,
+    RemoteCandidates,
     RemovePeer,
     ReplyToPortal,
     Resolve,
     SendToPeer,
     SetTunAddresses,
+    UpdateRelays,
 )
 from gateway_pkg.tunnel.metrics import TRAFFIC as traffic
 from gateway_pkg.tunnel.packet import destination
 from gateway_pkg.tunnel.policy import Action
 from gateway_pkg.tunnel.tun import TunDevice
-from gateway_pkg.tunnel.udp import bind_pair
+from gateway_pkg.tunnel.udp import bind_pair, uplink_addresses
 from gateway_pkg.tunnel.writer import BatchWriter
 from gateway_pkg.wireguard.device import WireGuardDevice
 from gateway_pkg.wireguard.events import DeviceOutput, Dropped, HandshakeCompleted
@@ -64,6 +76,8 @@ class TunnelDataPlane:
         self.wg = WireGuardDevice(private_key, timers=self.settings.timers)
         self.resolver = resolver
         self.control = ClientControl()
+        self.traversal = Traversal()
+        metrics.watch_traversal(self.traversal)
         self.tun = TunDevice()
         self._sockets: dict[int, socket.socket] = {}
         self._wall = wall_clock
@@ -99,6 +113,12 @@ class TunnelDataPlane:
             raise
         self._tun_writer = BatchWriter("tun-writer", self._write_tun)
         self._udp_writer = BatchWriter("udp-writer", self._send_one)
+        ports = {sock.family: sock.getsockname()[1] for sock in self._sockets.values()}
+        hosts = await asyncio.to_thread(uplink_addresses)
+        self.traversal.set_host_addresses(
+            (ip, ports[socket.AF_INET6 if ":" in ip else socket.AF_INET]) for ip in hosts
+            if (socket.AF_INET6 if ":" in ip else socket.AF_INET) in ports)
+        log.info("ICE host candidates: %s", ", ".join(hosts) or "none (no uplink address found)")
         self._loop.add_reader(self.tun.fd, self._on_tun_readable)
         for sock in self._sockets.values():
             self._loop.add_reader(sock.fileno(), self._on_udp_readable, sock)
@@ -128,7 +148,7 @@ class TunnelDataPlane:
             return False, "TUN device has no addresses yet (waiting for init)"
         if not self.tun.is_up():
             return False, "TUN device is down"
-        return True, "ready"
+        return self.traversal.ready()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -163,7 +183,44 @@ class TunnelDataPlane:
                 self._spawn(self._apply_addresses(effect))
             elif isinstance(effect, CountDrop):
                 metrics.DROPPED.labels(effect.reason).inc()
+            elif isinstance(effect, ConnectIce):
+                self.traversal.connect(effect.client_id, Credentials(effect.local.username, effect.local.password),
+                                       Credentials(effect.remote.username, effect.remote.password), self._clock())
+            elif isinstance(effect, DisconnectIce):
+                self.traversal.disconnect(effect.client_id)
+            elif isinstance(effect, RemoteCandidates):
+                self.traversal.remote_candidates(effect.client_id, effect.candidates, self._clock(),
+                                                 invalidate=effect.invalidate)
+            elif isinstance(effect, UpdateRelays):
+                now = self._clock()
+                if effect.disconnected_ids:
+                    self.traversal.remove_relays(effect.disconnected_ids, now)
+                self.traversal.add_relays(((r.id, r.addr, r.username, r.password)
+                                           for r in effect.connected if r.type == "turn"), now)
         metrics.ACTIVE_PEERS.set(len(self.control.clients))
+        self._drain_traversal()
+
+    def _drain_traversal(self) -> None:
+        """Send what NAT traversal produced and act on its events."""
+        datagrams, events = self.traversal.drain()
+        if datagrams:
+            self._to_udp.extend((d.data, d.destination) for d in datagrams)
+            self._flush()
+        for event in events:
+            if isinstance(event, CandidatesForClient):
+                if self._portal is not None and event.candidates:
+                    self._portal.send(*(messages.broadcast_invalidated_ice_candidates if event.invalidated
+                                        else messages.broadcast_ice_candidates)([event.client_id],
+                                                                                list(event.candidates)))
+            elif isinstance(event, PathSelected):
+                client = self.control.clients.get(event.client_id)
+                if client is not None and self.wg.has_peer(client.public_key):
+                    self.wg.set_peer_endpoint(client.public_key, event.remote)
+                log.info("ICE path selected", extra={"fields": {"client": event.client_id, "path": event.kind,
+                                                                "remote": f"{event.remote[0]}:{event.remote[1]}"}})
+            elif isinstance(event, ConnectionFailed):
+                log.warning("ICE connection failed", extra={"fields": {"client": event.client_id,
+                                                                       "reason": event.reason}})
 
     async def _resolve(self, effect: Resolve) -> None:
         # The resolvers bound each resolution themselves (upstream's 10 s).
@@ -191,6 +248,7 @@ class TunnelDataPlane:
         wall = self._wall()
         buffer = self._recv_buffer
         view = memoryview(buffer)
+        traversed = False
         for _ in range(BATCH):
             try:
                 size, source = sock.recvfrom_into(buffer)
@@ -201,14 +259,29 @@ class TunnelDataPlane:
                     continue
                 log.warning("UDP receive failed: %s", exc)
                 break
-            out = self.wg.receive_datagram(bytes(view[:size]), source, now)
+            data = bytes(view[:size])
+            if size < 4 or not 1 <= data[0] <= 4 or data[1:4] != b"\x00\x00\x00":
+                inner = self.traversal.receive(data, normalise(source), now)
+                traversed = True
+                if inner is None:
+                    continue
+                data, source = inner
+            out = self.wg.receive_datagram(data, source, now)
             if out.datagrams:
-                self._to_udp.extend(out.datagrams)
+                self._queue_udp(out.datagrams, now)
             if out.events:
                 self._count_events(out)
             for peer, packet in out.packets:
                 self._from_client(peer, packet, now, wall)
+        if traversed:
+            self._drain_traversal()
         self._flush()
+
+    def _queue_udp(self, datagrams: list[tuple[bytes, Any]], now: float) -> None:
+        if self.traversal.routes:
+            self._to_udp.extend(self.traversal.outbound(datagrams, now))  # type: ignore[arg-type]
+        else:
+            self._to_udp.extend(datagrams)
 
     def _flush(self) -> None:
         """Hand the batch's writes to the worker threads (in order, per destination)."""
@@ -282,15 +355,18 @@ class TunnelDataPlane:
             if out.datagrams:
                 traffic.packets_out += 1
                 traffic.bytes_out += len(data)
-                self._to_udp.extend(out.datagrams)
+                self._queue_udp(out.datagrams, now)
             if out.events:
                 self._count_events(out)
+        if self.traversal.routes:
+            self._drain_traversal()  # Send indications for relayed peers without a channel yet
         self._flush()
 
     def _send_output(self, out: DeviceOutput) -> None:
         """Outside the packet loops (timers, portal messages): send at once."""
         if out.datagrams:
-            self._to_udp.extend(out.datagrams)
+            self._queue_udp(out.datagrams, self._clock())
+            self._drain_traversal()
             self._flush()
         if out.events:
             self._count_events(out)
@@ -327,10 +403,12 @@ class TunnelDataPlane:
         next_expiry = self._clock() + EXPIRY_CHECK_INTERVAL
         while True:
             now = self._clock()
-            deadline = self.wg.next_deadline()
-            wake = min(next_expiry, deadline if deadline is not None else next_expiry)
+            deadlines = [d for d in (self.wg.next_deadline(), self.traversal.poll_timeout()) if d is not None]
+            wake = min([next_expiry, *deadlines])
             await asyncio.sleep(max(0.01, min(wake - now, EXPIRY_CHECK_INTERVAL)))
             now = self._clock()
+            self.traversal.tick(now)
+            self._drain_traversal()
             self._send_output(self.wg.tick(now))
             if now >= next_expiry:
                 next_expiry = now + EXPIRY_CHECK_INTERVAL

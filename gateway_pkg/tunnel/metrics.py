@@ -9,10 +9,11 @@ gateway's CPU. Rare events (drops, handshakes) use ordinary metrics.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Protocol
 
 from prometheus_client import REGISTRY, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 DROPPED = Counter("firezone_gateway_dropped_packets", "Packets and datagrams dropped, by reason", ["reason"])
@@ -42,4 +43,58 @@ class _TrafficCollector(Collector):
         yield volume
 
 
+class TraversalView(Protocol):
+    """What NAT traversal (`ice.node.Traversal`) shows at scrape time."""
+
+    relay_bytes_in: int
+    relay_bytes_out: int
+
+    @property
+    def dropped(self) -> Mapping[str, int]: ...
+
+    def paths(self) -> dict[str, str]: ...
+
+    def relays_allocated(self) -> int: ...
+
+
+_traversal: list[TraversalView] = []
+
+
+def watch_traversal(view: TraversalView) -> None:
+    """The data plane registers its traversal layer once; the last one registered is shown."""
+    _traversal[:] = [view]
+
+
+class _TraversalCollector(Collector):
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        if not _traversal:
+            return
+        view = _traversal[0]
+        relayed = CounterMetricFamily("firezone_gateway_relay_bytes",
+                                      "WireGuard bytes carried through TURN relays", labels=["direction"])
+        relayed.add_metric(["in"], view.relay_bytes_in)
+        relayed.add_metric(["out"], view.relay_bytes_out)
+        yield relayed
+        paths = view.paths()
+        by_kind = GaugeMetricFamily("firezone_gateway_ice_connections",
+                                    "Clients with a nominated ICE path, by path", labels=["path"])
+        for kind in ("host", "srflx", "relay"):
+            by_kind.add_metric([kind], sum(1 for k in paths.values() if k == kind))
+        yield by_kind
+        per_client = GaugeMetricFamily("firezone_gateway_ice_client_path",
+                                       "The path each client's tunnel takes (1 for the current one)",
+                                       labels=["client_id", "path"])
+        for client_id, kind in sorted(paths.items()):
+            per_client.add_metric([client_id, kind], 1)
+        yield per_client
+        drops = CounterMetricFamily("firezone_gateway_stun_dropped",
+                                    "STUN/TURN datagrams dropped, by reason", labels=["reason"])
+        for reason, count in sorted(view.dropped.items()):
+            drops.add_metric([reason], count)
+        yield drops
+        yield GaugeMetricFamily("firezone_gateway_relays_allocated", "TURN allocations in place",
+                                value=view.relays_allocated())
+
+
 REGISTRY.register(_TrafficCollector())
+REGISTRY.register(_TraversalCollector())

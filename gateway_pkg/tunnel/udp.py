@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import logging
 import socket
 import struct
 
 from gateway_pkg.errors import RuntimeFailure
-from gateway_pkg.netconst import DEFAULT_UDP_PORT, FIREZONE_MARK
+from gateway_pkg.netconst import DEFAULT_UDP_PORT, FIREZONE_MARK, TUN_NAME
 
 log = logging.getLogger("gateway_pkg.tunnel.udp")
 
@@ -71,3 +72,37 @@ def bind_pair(port: int = DEFAULT_UDP_PORT) -> dict[int, socket.socket]:
         log.info("Listening for WireGuard on UDP %s port %d",
                  "IPv4" if bound.family == socket.AF_INET else "IPv6", bound.getsockname()[1])
     return sockets
+
+
+def uplink_addresses() -> list[str]:
+    """The addresses of the default routes' interfaces: our ICE host candidates.
+
+    Never the TUN device's, loopback, link-local or the networks behind the gateway (those are
+    not on a default-route interface), so no candidate leaks a resource or tunnel address.
+    """
+    from pyroute2 import IPRoute  # the data plane already depends on it (tun.py)
+
+    found: list[str] = []
+    try:
+        with IPRoute() as ipr:
+            indexes: list[int] = []
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for route in ipr.get_default_routes(family=family):
+                    oif = route.get_attr("RTA_OIF")
+                    if oif is not None and oif not in indexes:
+                        indexes.append(oif)
+            for index in indexes:
+                links = ipr.get_links(index)
+                if links and links[0].get_attr("IFLA_IFNAME") == TUN_NAME:
+                    continue
+                for addr in ipr.get_addr(index=index):
+                    text = addr.get_attr("IFA_ADDRESS")
+                    if not text:
+                        continue
+                    ip = ipaddress.ip_address(text)
+                    if ip.is_loopback or ip.is_link_local or ip.is_multicast or str(ip) in found:
+                        continue
+                    found.append(str(ip))
+    except OSError as exc:
+        log.warning("Cannot list the uplink addresses for ICE host candidates: %s", exc)
+    return found
