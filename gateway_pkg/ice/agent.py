@@ -682,6 +682,7 @@ class IceAgent:
             if pair.remote is old:
                 pair.remote = new
                 pair.priority = pair_priority(new.priority, pair.local.priority)
+        self._form_pairs(new)  # now signalled, it pairs with every base
         self._sort()
         if self._selected is not None and self._selected.remote is new:
             event = replace(self._selected_event, remote_candidate=new) if self._selected_event else None

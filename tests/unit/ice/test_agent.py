@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -48,7 +49,7 @@ CL_SRFLX = cand(CandidateType.SRFLX, "198.51.100.200", 41000)
 CL_RELAY = cand(CandidateType.RELAY, "203.0.113.50", 42000)
 
 
-def seeded(seed: int = 1):  # type: ignore[no-untyped-def]
+def seeded(seed: int = 1) -> Callable[[int], bytes]:
     rng = random.Random(seed)
     return rng.randbytes
 
@@ -132,7 +133,9 @@ def connect(
     return selected[-1]
 
 
-def run_until(agent: IceAgent, until: float, answer=None) -> tuple[list[tuple[float, Transmit]], list[IceEvent]]:  # type: ignore[no-untyped-def]
+def run_until(
+    agent: IceAgent, until: float, answer: Callable[[float, Transmit], None] | None = None
+) -> tuple[list[tuple[float, Transmit]], list[IceEvent]]:
     """Drive tick() at each poll_timeout() up to `until`; `answer(now, transmit)` may reply."""
     sent: list[tuple[float, Transmit]] = []
     events: list[IceEvent] = []
@@ -219,6 +222,8 @@ def test_prflx_pairs_only_with_the_base_it_arrived_on() -> None:
     assert [(local, via) for local, via, _, _, _ in agent.pairs()] == [(GW_HOST, DIRECT)]
     agent.add_local_candidate(cand(CandidateType.HOST, "192.0.2.77", 52625), "other")
     assert len(agent.pairs()) == 1
+    agent.add_remote_candidate(CL_HOST)  # signalled now: paired with every base
+    assert {via for _, via, _, _, _ in agent.pairs()} == {DIRECT, RELAY, "other"}
 
 
 def test_use_candidate_on_a_valid_pair_selects_at_once() -> None:
@@ -394,7 +399,8 @@ def test_consent_loss_moves_to_another_nominated_pair() -> None:
             assert feed(agent, client.answer(transmit), transmit.destination, RELAY, now)
 
     _, events = run_until(agent, T0 + 100, answer_relay_only)
-    assert events == [Selected(relay_peer, RELAY, GW_RELAY, events[0].remote_candidate)]  # type: ignore[union-attr]
+    assert len(events) == 1 and isinstance(events[0], Selected)
+    assert events[0] == Selected(relay_peer, RELAY, GW_RELAY, events[0].remote_candidate)
     assert agent.state == "connected"
 
 
