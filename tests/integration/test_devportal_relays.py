@@ -12,6 +12,8 @@ import hashlib
 import hmac
 import json
 import os
+import socket
+import struct
 import time
 import urllib.parse
 from typing import Any
@@ -20,6 +22,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from gateway_pkg.devportal.relays import gateway_salt
+from tests.coturn import Coturn
 from tests.procs import DevPortalProc
 
 pytestmark = pytest.mark.integration
@@ -322,3 +325,77 @@ async def test_gateway_candidates_are_recorded_per_client(portal, gateway):
     assert (await api(portal, "DELETE", f"/v1/flows/{flow['flow_id']}"))[0] == 200
     assert await gateway.push("reject_access")
     assert await api(portal, "GET", client_path) == (200, {"candidates": []})
+
+
+# --- a real coturn accepts what the portal mints ---------------------------------------------
+# A hand-built Allocate (RFC 8656 §7.2, long-term credentials per RFC 8489 §9.2), independent
+# of our own STUN and TURN code.
+
+MAGIC_COOKIE = 0x2112A442
+ALLOCATE, ALLOCATE_SUCCESS, ALLOCATE_ERROR = 0x0003, 0x0103, 0x0113
+USERNAME, MESSAGE_INTEGRITY, ERROR_CODE, REALM, NONCE, REQUESTED_TRANSPORT = 0x6, 0x8, 0x9, 0x14, 0x15, 0x19
+
+
+def stun_message(kind: int, attributes: list[tuple[int, bytes]], key: bytes | None = None) -> bytes:
+    body = b"".join(struct.pack("!HH", t, len(v)) + v + bytes(-len(v) % 4) for t, v in attributes)
+    tid = os.urandom(12)
+    if key is None:
+        return struct.pack("!HHI12s", kind, len(body), MAGIC_COOKIE, tid) + body
+    header = struct.pack("!HHI12s", kind, len(body) + 24, MAGIC_COOKIE, tid)  # length includes the MAC
+    mac = hmac.new(key, header + body, hashlib.sha1).digest()
+    return header + body + struct.pack("!HH", MESSAGE_INTEGRITY, 20) + mac
+
+
+def stun_parse(data: bytes) -> tuple[int, dict[int, bytes]]:
+    kind, length = struct.unpack("!HH", data[:4])
+    attributes, at = {}, 20
+    while at < 20 + length:
+        attr, size = struct.unpack("!HH", data[at:at + 4])
+        attributes.setdefault(attr, data[at + 4:at + 4 + size])
+        at += 4 + size + (-size % 4)
+    return kind, attributes
+
+
+def allocate(server: tuple[str, int], username: str, password: str) -> tuple[int, bytes]:
+    """Allocate with long-term credentials: the final response's type and ERROR-CODE (if any)."""
+    transport = (REQUESTED_TRANSPORT, bytes([17, 0, 0, 0]))  # UDP
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(3)
+        sock.sendto(stun_message(ALLOCATE, [transport]), server)
+        kind, attrs = stun_parse(sock.recv(2048))
+        assert kind == ALLOCATE_ERROR and attrs[ERROR_CODE][2:4] == bytes([4, 1]), (kind, attrs)  # 401
+        realm, nonce = attrs[REALM], attrs[NONCE]
+        assert realm == b"firezone"
+        key = hashlib.md5(f"{username}:{realm.decode()}:{password}".encode()).digest()  # RFC 8489 §9.2.2
+        signed = [transport, (USERNAME, username.encode()), (REALM, realm), (NONCE, nonce)]
+        sock.sendto(stun_message(ALLOCATE, signed, key), server)
+        kind, attrs = stun_parse(sock.recv(2048))
+        return kind, attrs.get(ERROR_CODE, b"")
+
+
+async def test_a_real_coturn_accepts_the_minted_credentials(tmp_path):
+    # coturn takes several static secrets: the helper's own and the one the portal is given.
+    with Coturn(tmp_path, extra=[f"--static-auth-secret={SECRET}"]) as relay:
+        (tmp_path / "turn-secret").write_text(SECRET + "\n")
+        addr = f"{relay.address[0]}:{relay.address[1]}"
+        portal = DevPortalProc(tmp_path, gateway_token=TOKEN, extra=[
+            "--turn-secret-file", str(tmp_path / "turn-secret"), "--relay", addr, "--relay-ttl", str(TTL)])
+        gateway = None
+        try:
+            gateway = await FakeGateway.connect(portal)
+            [entry] = (await gateway.join())["relays"]
+            assert entry["addr"] == addr
+            assert await asyncio.to_thread(allocate, relay.address, entry["username"], entry["password"]) \
+                == (ALLOCATE_SUCCESS, b"")
+            [view] = (await api(portal, "GET", "/v1/relays"))[1]["relays"]
+            assert await asyncio.to_thread(allocate, relay.address, view["username"], view["password"]) \
+                == (ALLOCATE_SUCCESS, b"")
+            # The control: coturn does check, a password off by one character is refused.
+            wrong = ("A" if view["password"][0] != "A" else "B") + view["password"][1:]
+            kind, error = await asyncio.to_thread(allocate, relay.address, view["username"], wrong)
+            assert kind == ALLOCATE_ERROR and error[2:4] == bytes([4, 1]), (kind, error)
+        finally:
+            if gateway is not None:
+                await gateway.close()
+            portal.stop()
+            print(relay.output()[-2000:])
