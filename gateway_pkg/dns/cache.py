@@ -2,7 +2,9 @@
 
 Sans-I/O: every method takes `now` from the caller's clock, so tests drive time.
 Entries are keyed by (name, record type): A and AAAA of one name live and expire
-independently, as the RFCs have them.
+independently, as the RFCs have them. Positive and negative entries alike may be
+served stale (RFC 8767) up to the maximum stale age past their expiry: a NODATA for
+the AAAA of an A-only name is as much the last known answer as the A itself.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from gateway_pkg.dns.base import IPAddress
 
 CacheKey = tuple[str, int]  # (lower-cased name, rdtype)
 NegativeKind = Literal["nxdomain", "nodata"]
+# What a lookup does with what the cache holds (see plan()).
+Action = Literal["fresh", "stale", "stale_and_refresh", "refresh", "query"]
 
 
 @dataclass(slots=True)
@@ -23,7 +27,7 @@ class CacheEntry:
     negative: NegativeKind | None
     ttl: float  # as applied: after clamping
     expires: float
-    # Positive answers may be served stale until then if refreshing fails (RFC 8767).
+    # Served stale until then if refreshing fails (RFC 8767), negative answers included.
     stale_until: float
     # After a failed refresh, upstream is not asked again before this (RFC 8767's
     # failure recheck timer); meanwhile the stale answer is served at once.
@@ -73,9 +77,15 @@ class RecordCache:
         if ttl is None:
             return CacheEntry((), kind, 0.0, now, now)
         applied = self.clamp(ttl)
-        entry = CacheEntry((), kind, applied, now + applied, now + applied)
+        expires = now + applied
+        entry = CacheEntry((), kind, applied, expires, expires + self.max_stale_age)
         self._put(key, entry)
         return entry
+
+    def clear_rechecks(self) -> None:
+        """Lift every failure recheck timer (the servers answer again: refresh at once)."""
+        for entry in self._entries.values():
+            entry.retry_after = float("-inf")
 
     def _put(self, key: CacheKey, entry: CacheEntry) -> None:
         self._entries[key] = entry
@@ -83,3 +93,25 @@ class RecordCache:
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
             self.evictions += 1
+
+
+def plan(entry: CacheEntry | None, now: float, *, upstream_down: bool) -> Action:
+    """What to do for one (name, type) at `now`:
+
+    - "fresh": serve the entry, within its TTL;
+    - "stale": serve the expired entry without asking (its failure recheck timer runs);
+    - "stale_and_refresh": serve the expired entry at once and refresh it in the
+      background (the upstream is known to be down: waiting for it would only add the
+      client response timer to every answer);
+    - "refresh": refresh, serving the expired entry if that fails or is slow;
+    - "query": nothing usable (none cached, or past the maximum stale age): ask and wait.
+    """
+    if entry is None:
+        return "query"
+    if now < entry.expires:
+        return "fresh"
+    if now >= entry.stale_until:
+        return "query"
+    if now < entry.retry_after:
+        return "stale"
+    return "stale_and_refresh" if upstream_down else "refresh"

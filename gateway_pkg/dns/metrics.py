@@ -35,6 +35,7 @@ class PathStats:
         "latency_count",
         "latency_sum",
         "negative_hits",
+        "partial_answers",
         "stale_answers",
         "upstream_errors",
         "upstream_queries",
@@ -48,6 +49,7 @@ class PathStats:
         self.upstream_queries = 0
         self.upstream_errors = 0
         self.coalesced = 0
+        self.partial_answers = 0
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_count = 0
         self.latency_sum = 0.0
@@ -81,6 +83,10 @@ _COUNTERS = (
     ("upstream_queries", "Queries sent upstream (DNS packets, or getaddrinfo calls on legacy)"),
     ("upstream_errors", "Upstream queries that failed (timeout, refused, SERVFAIL, gai error)"),
     ("coalesced", "Lookups that joined an upstream query already in flight"),
+    (
+        "partial_answers",
+        "Resolutions answered with one address family while the other's query was still out",
+    ),
 )
 
 

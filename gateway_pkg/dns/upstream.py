@@ -32,7 +32,16 @@ SendQuery = Callable[[dns.message.QueryMessage, Nameserver, float], Awaitable[dn
 
 
 class UpstreamError(Exception):
-    """No nameserver gave a usable answer (timeouts, refusals, SERVFAIL)."""
+    """No nameserver gave a usable answer (timeouts, refusals, SERVFAIL).
+
+    `unreachable` is True when no nameserver answered at all (every try timed out or
+    failed to connect): the servers look down. False when one answered, only not usably
+    (SERVFAIL, REFUSED, a CNAME chain too long): the servers are up, this name is broken.
+    """
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 async def send_udp_with_tcp_fallback(
@@ -86,6 +95,7 @@ class Upstream:
     async def _ask(self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
         query = dns.message.make_query(qname, rdtype, use_edns=0, payload=EDNS_PAYLOAD)
         last_problem = "no nameservers"
+        answered = False  # did any nameserver reply, if only with SERVFAIL?
         for _attempt in range(self.conf.attempts):
             for nameserver in self.conf.nameservers:
                 self._stats.upstream_queries += 1
@@ -95,6 +105,7 @@ class Upstream:
                     self._stats.upstream_errors += 1
                     last_problem = f"{nameserver[0]}:{nameserver[1]}: {error!r}"
                     continue
+                answered = True
                 meaning = interpret(response, qname, rdtype)
                 if isinstance(meaning, Failure):
                     # SERVFAIL/REFUSED say nothing about the name: try the next server.
@@ -102,4 +113,7 @@ class Upstream:
                     last_problem = f"{nameserver[0]}:{nameserver[1]}: {meaning.rcode}"
                     continue
                 return response
-        raise UpstreamError(f"no answer for {qname.to_text()} {dns.rdatatype.to_text(rdtype)} ({last_problem})")
+        raise UpstreamError(
+            f"no answer for {qname.to_text()} {dns.rdatatype.to_text(rdtype)} ({last_problem})",
+            unreachable=not answered,
+        )

@@ -171,7 +171,8 @@ async def test_upstream_stopped_serves_stale_and_rechecks_every_30s(unbound, clo
     try:
         clock.advance(3)  # past the 2 s TTL
         loop = asyncio.get_running_loop()
-        with caplog.at_level(logging.INFO, logger="gateway_pkg.dns"):
+        # The per-query lines are DEBUG; the outage as a whole gets one WARNING (below).
+        with caplog.at_level(logging.DEBUG, logger="gateway_pkg.dns"):
             started = loop.time()
             assert await resolver.resolve("dual.test") == [V4("192.0.2.1"), V6("2001:db8::1")]
             elapsed = loop.time() - started
@@ -194,6 +195,8 @@ async def test_upstream_stopped_serves_stale_and_rechecks_every_30s(unbound, clo
             assert stats.userspace.stale_answers == stale_before + 29
             assert caplog.text.count("serving the stale answer") == 2
             assert stats.userspace.upstream_queries == 4
+            warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(warnings) == 1 and warnings[0].startswith("DNS outage: "), warnings
     finally:
         unbound.resume()
     # What unbound received while stopped: exactly our 2 refresh queries, no retries.

@@ -7,6 +7,7 @@ import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 
+import dns.exception
 import dns.message
 import dns.name
 import dns.rcode
@@ -37,15 +38,25 @@ class FakeUpstream:
     records: dict[tuple[str, str], tuple[int, list[str]]] = field(default_factory=dict)
     soa: tuple[int, int] | None = (60, 30)  # (SOA TTL, SOA MINIMUM); None: no SOA
     chase_cnames: bool = True
-    mode: str = "answer"  # answer | fail | servfail
+    # answer | fail (refused at once) | servfail | blackhole (a dead server: no reply; each
+    # query fails with dnspython's Timeout when the test calls time_out(), standing in for
+    # the per-try timeout, which only the test decides the moment of)
+    mode: str = "answer"
     queries: Counter[tuple[str, str]] = field(default_factory=Counter)
     release: asyncio.Event | None = None  # when set: every answer waits for it (never set: a hang)
+    hold: dict[str, asyncio.Event] = field(default_factory=dict)  # rdtype -> answered when set
+    _timeouts: asyncio.Event = field(default_factory=asyncio.Event)
 
     def set(self, name: str, rdtype: str, ttl: int, *values: str) -> None:
         self.records[(name, rdtype)] = (ttl, list(values))
 
     def total(self) -> int:
         return sum(self.queries.values())
+
+    def time_out(self) -> None:
+        """Every query now waiting on the black hole fails with a timeout."""
+        self._timeouts.set()
+        self._timeouts = asyncio.Event()
 
     async def __call__(
         self, query: dns.message.QueryMessage, nameserver: tuple[str, int], seconds: float
@@ -55,8 +66,14 @@ class FakeUpstream:
         self.queries[(qname, qtype)] += 1
         if self.mode == "fail":
             raise ConnectionRefusedError("upstream stopped")
+        if self.mode == "blackhole":
+            timeouts = self._timeouts
+            await timeouts.wait()
+            raise dns.exception.Timeout(timeout=seconds)
         if self.release is not None:
             await self.release.wait()
+        if qtype in self.hold:
+            await self.hold[qtype].wait()
         response = dns.message.make_response(query)
         if self.mode == "servfail":
             response.set_rcode(dns.rcode.SERVFAIL)
