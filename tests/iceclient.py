@@ -117,6 +117,32 @@ def restrict_host_addresses(interfaces: list[str]) -> None:
     aioice.ice.get_host_addresses = host_addresses
 
 
+def request_relay_family_of_server() -> None:
+    """Over an IPv6 TURN server, ask for an IPv6 relayed address (REQUESTED-ADDRESS-FAMILY).
+
+    aioice sends no REQUESTED-ADDRESS-FAMILY, and without it a TURN server allocates IPv4
+    (RFC 8656 §7.2), so its relayed candidate would be IPv4 whatever the server's family.
+    This adds the attribute (RFC 8656 §18.10) to the Allocate requests sent to an IPv6
+    server, so an IPv6 client gets an IPv6 relay candidate. Nothing else of aioice changes.
+    """
+    import aioice.stun as stun
+    import aioice.turn as turn
+
+    if "REQUESTED-ADDRESS-FAMILY" in stun.ATTRIBUTES_BY_NAME:
+        return
+    entry = (0x0017, "REQUESTED-ADDRESS-FAMILY", stun.pack_unsigned, stun.unpack_unsigned)
+    stun.ATTRIBUTES_BY_TYPE[0x0017] = entry
+    stun.ATTRIBUTES_BY_NAME["REQUESTED-ADDRESS-FAMILY"] = entry
+    original = turn.TurnClientMixin.request_with_retry
+
+    async def request_with_retry(self: Any, request: Any) -> Any:
+        if request.message_method == stun.Method.ALLOCATE and ":" in self.server[0]:
+            request.attributes["REQUESTED-ADDRESS-FAMILY"] = 0x02 << 24  # family 0x02, 3 bytes RFFU
+        return await original(self, request)
+
+    turn.TurnClientMixin.request_with_retry = request_with_retry  # type: ignore[method-assign]
+
+
 class DirectFirstConnection(aioice.Connection):
     """aioice's agent, except that checks over a relay start `direct_grace` s late.
 
@@ -397,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(message)s")
     if args.interface:
         restrict_host_addresses(args.interface)
+    request_relay_family_of_server()
     asyncio.run(Agent(args).run())
     return 0
 
