@@ -630,8 +630,9 @@ class IceWireGuardClient:
     def __init__(self, lab: netlab.NetLab, flow: dict[str, Any], portal: Any, relay: bool = True, *,
                  wg: StockWireGuard, routes: list[str] | None = None, renew: Callable[[], dict[str, Any]] | None = None,
                  watchdog: float = 5.0, family: int = 4, host: str = "client", keepalive: int = 25,
-                 direct_grace: float = 1.0, poll_wait: float = 2.0) -> None:
+                 direct_grace: float = 1.0, poll_wait: float = 2.0, ipv4: bool = True) -> None:
         self.lab, self.flow, self.portal, self.relay = lab, flow, portal, relay
+        self.ipv4 = ipv4  # False: IPv6 candidates only (host, srflx, relay)
         self.wg, self.routes, self.renew = wg, routes or [], renew
         self.watchdog, self.family, self.host, self.keepalive = watchdog, family, host, keepalive
         self.poll_wait, self.direct_grace = poll_wait, direct_grace
@@ -650,7 +651,7 @@ class IceWireGuardClient:
         if self.wg.proc is None:
             self.wg.start()
         self.agent = IceAgent(self.lab, self.host, "controlling", wg_port=self.wg.listen_port,
-                              watchdog=self.watchdog, label=f"iceclient-{self.wg.ifname}")
+                              watchdog=self.watchdog, label=f"iceclient-{self.wg.ifname}", ipv4=self.ipv4)
         gw = self.flow["gateway"]
         tunnel = [f"{gw['ipv4']}/32", *([f"{gw['ipv6']}/128"] if gw.get("ipv6") else [])]
         self.wg.connect(gw["public_key"], f"127.0.0.1:{self.agent.shim_port}", [*self.routes, *tunnel],

@@ -172,12 +172,15 @@ class Traversal:
         self._host: list[tuple[Candidate, Direct]] = []
         self._connections: dict[str, _Connection] = {}
         self._by_ufrag: dict[str, _Connection] = {}
-        self.routes: dict[Address, Relayed] = {}  # WireGuard endpoints reached through a relay
+        self.routes: dict[Address, Relayed] = {}  # WireGuard endpoints reached through our relays
+        # Remote ends of nominated pairs that involve any relay (ours or the client's): the data
+        # plane counts the WireGuard bytes to and from them as relayed.
+        self.relayed_remotes: set[Address] = set()
         self._out: list[Datagram] = []
         self._events: list[TraversalEvent] = []
         self._to_broadcast: dict[tuple[str, bool], list[Candidate]] = {}
         self.dropped: Counter[str] = Counter()
-        self.relay_bytes_in = 0
+        self.relay_bytes_in = 0  # counted by the data plane, on relayed paths
         self.relay_bytes_out = 0
 
     # --- what the I/O layer and the control core tell us --------------------------------
@@ -240,6 +243,7 @@ class Traversal:
             del self._by_ufrag[connection.local.ufrag]
         if connection.path is not None:
             self.routes.pop(connection.path.remote, None)
+            self.relayed_remotes.discard(connection.path.remote)
 
     def remote_candidates(self, client_id: str, texts: Iterable[str], now: float, *, invalidate: bool = False) -> None:
         connection = self._connections.get(client_id)
@@ -280,7 +284,6 @@ class Traversal:
             if entry is None or entry.client is None:
                 self.dropped["relay_gone"] += 1
                 continue
-            self.relay_bytes_out += len(data)
             peer = normalise(endpoint)
             channel = entry.client.channel_for(peer)
             if channel is not None:
@@ -408,7 +411,6 @@ class Traversal:
         found: tuple[bytes, Address] | None = None
         for event in events:
             if isinstance(event, Received):
-                self.relay_bytes_in += len(event.payload)
                 if stun.is_stun(event.payload):
                     self._stun(event.payload, event.peer, entry.via, now)
                 else:
@@ -476,9 +478,12 @@ class Traversal:
             elif isinstance(event, Selected):
                 if connection.path is not None:
                     self.routes.pop(connection.path.remote, None)
+                    self.relayed_remotes.discard(connection.path.remote)
                 if isinstance(event.via, Relayed):
                     self.routes[event.remote] = event.via
                 connection.path = PathSelected(connection.client_id, event.remote, path_kind(event))
+                if connection.path.kind == "relay":
+                    self.relayed_remotes.add(event.remote)
                 self._events.append(connection.path)
             elif isinstance(event, Disconnected):
                 self._events.append(ConnectionFailed(connection.client_id, event.reason))

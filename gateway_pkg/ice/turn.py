@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from . import stun
 from .stun import Address, Attr, Class, Method
 
+REQUESTED_FAMILY_IPV6 = bytes([0x02, 0, 0, 0])  # REQUESTED-ADDRESS-FAMILY value for IPv6
+
 MAX_BUFFERED_PER_PEER = 32
 MAX_STALE_NONCE_RETRIES = 3
 
@@ -502,6 +504,9 @@ class TurnClient:
         attrs: list[tuple[int, bytes]] = []
         if kind == _ALLOCATE:
             attrs.append((Attr.REQUESTED_TRANSPORT, stun.encode_requested_transport()))
+            if ":" in self.server[0]:
+                # RFC 8656 §7.1: without it a server relays IPv4 whatever family we came in on.
+                attrs.append((Attr.REQUESTED_ADDRESS_FAMILY, REQUESTED_FAMILY_IPV6))
         elif kind in (_CLEAR, _RELEASE):
             attrs.append((Attr.LIFETIME, stun.encode_u32(0)))
         elif kind == _PERMISSION and peer_ip is not None:

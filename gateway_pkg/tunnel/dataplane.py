@@ -266,6 +266,8 @@ class TunnelDataPlane:
                 if inner is None:
                     continue
                 data, source = inner
+            if self.traversal.relayed_remotes and normalise(source) in self.traversal.relayed_remotes:
+                self.traversal.relay_bytes_in += len(data)
             out = self.wg.receive_datagram(data, source, now)
             if out.datagrams:
                 self._queue_udp(out.datagrams, now)
@@ -278,6 +280,9 @@ class TunnelDataPlane:
         self._flush()
 
     def _queue_udp(self, datagrams: list[tuple[bytes, Any]], now: float) -> None:
+        relayed = self.traversal.relayed_remotes
+        if relayed:
+            self.traversal.relay_bytes_out += sum(len(d) for d, e in datagrams if normalise(e) in relayed)
         if self.traversal.routes:
             self._to_udp.extend(self.traversal.outbound(datagrams, now))  # type: ignore[arg-type]
         else:

@@ -71,7 +71,8 @@ class _TraversalCollector(Collector):
             return
         view = _traversal[0]
         relayed = CounterMetricFamily("firezone_gateway_relay_bytes",
-                                      "WireGuard bytes carried through TURN relays", labels=["direction"])
+                                      "WireGuard bytes on relayed paths (our relays or the client's)",
+                                      labels=["direction"])
         relayed.add_metric(["in"], view.relay_bytes_in)
         relayed.add_metric(["out"], view.relay_bytes_out)
         yield relayed

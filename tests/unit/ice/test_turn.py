@@ -563,3 +563,11 @@ def test_no_secret_in_reprs() -> None:
     assert PASSWORD not in text and relay.key.hex() not in text and repr(relay.key) not in text
     assert PASSWORD not in repr(client._credentials) and repr(relay.key) not in repr(client._credentials)
     assert USERNAME in repr(client)
+
+
+def test_an_ipv6_server_is_asked_for_an_ipv6_relayed_address() -> None:
+    for server, family in ((SERVER, None), (("2001:db8::10", 3478), bytes([2, 0, 0, 0]))):
+        client = TurnClient(server, USERNAME, PASSWORD, random_bytes=counter_random())  # type: ignore[arg-type]
+        client.allocate(0.0)
+        [transmit], _ = client.drain()
+        assert stun.decode(transmit.data).get(Attr.REQUESTED_ADDRESS_FAMILY) == family
