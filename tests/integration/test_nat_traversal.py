@@ -172,6 +172,11 @@ def test_two_symmetric_nats_go_through_the_relay_and_policy_still_holds(scenario
     assert s.metric("firezone_gateway_relay_bytes_total", direction="in") > 0
     assert s.metric("firezone_gateway_relay_bytes_total", direction="out") > 0
     assert s.metric("firezone_gateway_relays_allocated") >= 1
+    # Host candidates come from the uplink only: no tunnel, resource or management address leaks.
+    status, body = s.portal.api("GET", f"/v1/flows/{flow['flow_id']}/candidates")
+    assert status == 200, body
+    hosts = {c.address for c in map(Candidate.from_sdp, body["candidates"]) if c.type == CandidateType.HOST}
+    assert hosts == {NatLab.GATEWAY.inside, NatLab.GATEWAY.inside6}, hosts
 
 
 def test_a_reachable_gateway_takes_the_direct_path_and_no_relay_traffic(scenario):
