@@ -486,7 +486,10 @@ class Traversal:
                     self.relayed_remotes.add(event.remote)
                 self._events.append(connection.path)
             elif isinstance(event, Disconnected):
+                # Final for this agent: forget it, so the same flow sent again starts afresh.
                 self._events.append(ConnectionFailed(connection.client_id, event.reason))
+                self.disconnect(connection.client_id)
+                break
 
 
 def _text(address: Address) -> str:

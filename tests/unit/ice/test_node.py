@@ -7,6 +7,7 @@ from gateway_pkg.ice.agent import Transmit
 from gateway_pkg.ice.candidate import Candidate, CandidateType
 from gateway_pkg.ice.node import (
     CandidatesForClient,
+    ConnectionFailed,
     Datagram,
     PathSelected,
     Relayed,
@@ -144,3 +145,15 @@ def test_wireguard_for_a_relayed_endpoint_is_framed_for_the_relay() -> None:
     assert datagrams and all(isinstance(d, Datagram) and d.destination == SERVER for d in datagrams)
     direct = ("198.51.100.9", 1000)
     assert node.outbound([(WIREGUARD, direct)], T0) == [(WIREGUARD, direct)]
+
+
+def test_a_failed_session_is_forgotten_so_the_same_flow_starts_a_new_one() -> None:
+    node = traversal()
+    node.connect("c1", GATEWAY, CLIENT, T0)
+    node.drain()
+    node.tick(T0 + 11)  # no remote candidate within the candidate timeout
+    _, events = node.drain()
+    failed = [e for e in events if isinstance(e, ConnectionFailed)]
+    assert [e.client_id for e in failed] == ["c1"]
+    assert node.path_of("c1") is None
+    assert node.connect("c1", GATEWAY, CLIENT, T0 + 12)  # not "reused": a fresh agent
