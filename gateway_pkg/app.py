@@ -22,6 +22,7 @@ from gateway_pkg.config import Config
 from gateway_pkg.controlonly import ControlOnlyDataPlane
 from gateway_pkg.dns.flags import FeatureFlags
 from gateway_pkg.dns.resolver import build_resolver
+from gateway_pkg.dns.tunserver import TunDnsServer
 from gateway_pkg.errors import GatewayError, RuntimeFailure
 from gateway_pkg.health import HealthServer
 from gateway_pkg.interfaces import DataPlane
@@ -44,6 +45,14 @@ class Gateway:
         self.health = HealthServer(config.health_check_addr.host, config.health_check_addr.port,
                                    self.readiness)
         self._stop = asyncio.Event()
+        self._failure: GatewayError | None = None
+
+    def fail(self, exc: GatewayError) -> None:
+        """A part hit a fatal failure after start (e.g. the TUN DNS server cannot bind): stop,
+        then leave `run` with it, so the process exits with its status and one line."""
+        if self._failure is None:
+            self._failure = exc
+        self._stop.set()
 
     def readiness(self) -> tuple[bool, str]:
         if not self.portal.joined:
@@ -102,6 +111,8 @@ class Gateway:
                     await flags_task
             await self.dataplane.stop()
             await self.health.stop()
+        if self._failure is not None:
+            raise self._failure
         log.info("Goodbye!")
 
 
@@ -109,12 +120,13 @@ def build(config: Config) -> Gateway:
     """Every part, built once and handed to the parts that use it."""
     private_key = generate_private_key()  # a new static key per process start, as upstream
     flags = FeatureFlags(config.flags, config.external_id)
-    dataplane: DataPlane
     if config.dataplane.disabled:
-        dataplane = ControlOnlyDataPlane()
-    else:
-        dataplane = TunnelDataPlane(private_key, build_resolver(config.dns, flags), config.dataplane)
-    return Gateway(config, dataplane, flags, public_key(private_key))
+        return Gateway(config, ControlOnlyDataPlane(), flags, public_key(private_key))
+    tunnel = TunnelDataPlane(private_key, build_resolver(config.dns, flags), config.dataplane,
+                             tun_dns=TunDnsServer(config.dns))
+    gateway = Gateway(config, tunnel, flags, public_key(private_key))
+    tunnel.on_fatal = gateway.fail
+    return gateway
 
 
 def run(config: Config) -> None:

@@ -4,12 +4,15 @@ Run as root before the gateway (systemd `ExecStartPre=+`), so rules come back af
 reboot or a firewall reload. Follows upstream's init script
 (../shared/reference/firezone-gateway-facts.md §3.2): FORWARD accepts for tun-firezone
 inserted at position 1, MASQUERADE limited to the tunnel source ranges, with iptables and
-ip6tables (the nft backend on Debian 12), each rule checked before added.
+ip6tables (the nft backend on Debian 12), each rule checked before added. INPUT accepts for the
+TUN DNS server (UDP and TCP port 53535 on tun-firezone) are inserted at position 1 too, so a
+host firewall with a default deny does not drop the clients' SRV/TXT queries.
 
 `--remove` (uninstall) deletes every rule the gateway ever added, whatever the egress
-interfaces are now: it lists FORWARD and nat POSTROUTING with `-S` and deletes the lines that
-are exactly ours (the two tun-firezone accepts; a MASQUERADE of a tunnel range out of any
-interface), and every `ip rule` (IPv4 and IPv6) that looks up the gateway's routing table.
+interfaces are now: it lists FORWARD, INPUT and nat POSTROUTING with `-S` and deletes the lines
+that are exactly ours (the two tun-firezone FORWARD accepts, the two INPUT accepts of port 53535;
+a MASQUERADE of a tunnel range out of any interface), and every `ip rule` (IPv4 and IPv6) that
+looks up the gateway's routing table.
 Rules of others (Docker, ufw, an admin's accept) are left alone.
 """
 
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, NoReturn
 
-from gateway_pkg.netconst import ROUTE_TABLE, SYSCTLS, TUN_NAME, TUNNEL_V4, TUNNEL_V6
+from gateway_pkg.netconst import ROUTE_TABLE, SYSCTLS, TUN_DNS_PORT, TUN_NAME, TUNNEL_V4, TUNNEL_V6
 
 PROG = "firezone-gateway-init"
 
@@ -57,6 +60,11 @@ def rules_for(egress: Sequence[str], tun: str = TUN_NAME) -> dict[str, list[Rule
             Rule("filter", "FORWARD", ("-i", tun, "-j", "ACCEPT"), True),
             Rule("filter", "FORWARD", ("-o", tun, "-j", "ACCEPT"), True),
         ]
+        # The TUN DNS server. `-m udp`/`-m tcp` spelled out: `-S` prints them, and `is_ours`
+        # compares with what `-S` prints.
+        rules += [Rule("filter", "INPUT", ("-i", tun, "-p", proto, "-m", proto, "--dport", str(TUN_DNS_PORT),
+                                           "-j", "ACCEPT"), True)
+                  for proto in ("udp", "tcp")]
         rules += [Rule("nat", "POSTROUTING", ("-s", source, "-o", iface, "-j", "MASQUERADE"), False)
                   for iface in egress]
         result[tool] = rules
@@ -93,7 +101,7 @@ def _read(argv: list[str]) -> str:
 
 
 # The chains the gateway adds to.
-_CHAINS: Final = (("filter", "FORWARD"), ("nat", "POSTROUTING"))
+_CHAINS: Final = (("filter", "FORWARD"), ("filter", "INPUT"), ("nat", "POSTROUTING"))
 _ANY_IFACE: Final = "\0"  # stands for the `-o` interface in the MASQUERADE template
 
 

@@ -1,5 +1,5 @@
-"""Network facts of the gateway, written once: the TUN device, the UDP port, the mark, the
-routing table, the tunnel ranges and the sysctls forwarding needs.
+"""Network facts of the gateway, written once: the TUN device, the UDP port, the TUN DNS port,
+the mark, the routing table, the tunnel ranges and the sysctls forwarding needs.
 
 Everything that has to agree with the host (the Ansible role, the labs, the benchmarks,
 `firezone-gateway-init`) takes these values from here; `tools/check_facts.py` proves that
@@ -19,6 +19,10 @@ TUN_TXQUEUELEN: Final = 10_000
 
 # The WireGuard/ICE UDP port: 49152 + 3473 ("FIRE" on a phone pad); ephemeral when taken.
 DEFAULT_UDP_PORT: Final = 52625
+
+# The TUN DNS server, UDP and TCP on the TUN addresses (upstream `TUN_DNS_PORT`): clients send
+# it the non-A/AAAA queries (SRV, TXT) for the names of DNS resources.
+TUN_DNS_PORT: Final = 53535
 
 # The mark on every socket the gateway opens (UDP and the portal's TCP). The policy rule
 # sends everything *not* carrying it into the gateway's own routing table.

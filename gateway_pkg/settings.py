@@ -329,6 +329,9 @@ SETTINGS: tuple[Setting, ...] = (
        group=DNS),
     _s("FIREZONE_DNS_MAX_STALE", "dns.max_stale_age", SECONDS, "86400",
        "Oldest expired answer served while the nameservers fail (RFC 8767).", group=DNS),
+    _s("FIREZONE_DNS_PROBE_NAME", "dns.probe_name", TEXT, "firezone.dev",
+       "Name whose A record the TUN DNS server (port 53535) asks every nameserver, over UDP and TCP, "
+       "to pick the fastest; it must resolve (NOERROR) through them.", group=DNS),
     _s("FIREZONE_UDP_PORT", "dataplane.udp_port", PORT, "52625",
        "WireGuard UDP port (IPv4 and IPv6); an ephemeral port when it is taken.", group=DATAPLANE),
     _s("FIREZONE_ID_PATH", "id_path", PATH, "/var/lib/firezone/gateway_id",

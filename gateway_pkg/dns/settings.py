@@ -26,6 +26,8 @@ class DnsSettings:
     # Replaces resolv.conf's nameservers when set; the only way to name a port, which
     # resolv.conf cannot express (tests and the lab point this at a local unbound).
     nameservers: tuple[Nameserver, ...] = default("dns.nameservers")
+    # The TUN DNS server probes the nameservers with `<probe_name> A` (upstream: firezone.dev).
+    probe_name: str = default("dns.probe_name")
     resolution_timeout: float = RESOLUTION_TIMEOUT
 
 

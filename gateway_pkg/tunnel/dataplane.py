@@ -30,7 +30,8 @@ from typing import Any
 
 from gateway_pkg.config import DataPlaneSettings
 from gateway_pkg.dns.base import DnsResolver, IPAddress
-from gateway_pkg.errors import RuntimeFailure
+from gateway_pkg.dns.tunserver import TunDnsServer
+from gateway_pkg.errors import GatewayError, RuntimeFailure
 from gateway_pkg.ice.agent import Credentials
 from gateway_pkg.ice.node import CandidatesForClient, ConnectionFailed, PathSelected, Traversal, normalise
 from gateway_pkg.interfaces import PortalSender
@@ -71,8 +72,11 @@ class TunnelDataPlane:
     def __init__(self, private_key: bytes, resolver: DnsResolver,
                  settings: DataPlaneSettings | None = None, *,
                  wall_clock: Callable[[], float] = time.time,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, tun_dns: TunDnsServer | None = None) -> None:
         self.settings = settings or DataPlaneSettings()
+        self.tun_dns = tun_dns
+        # Where a failure that must end the process goes (the wiring root sets it).
+        self.on_fatal: Callable[[GatewayError], None] = lambda exc: log.error("%s", exc)
         self.wg = WireGuardDevice(private_key, timers=self.settings.timers)
         self.resolver = resolver
         self.control = ClientControl()
@@ -135,6 +139,8 @@ class TunnelDataPlane:
             for sock in self._sockets.values():
                 with contextlib.suppress(ValueError, OSError):
                     self._loop.remove_reader(sock.fileno())
+        if self.tun_dns is not None:
+            await self.tun_dns.close()
         for writer in (self._tun_writer, self._udp_writer):
             if writer is not None:
                 await asyncio.to_thread(writer.close)
@@ -240,6 +246,11 @@ class TunnelDataPlane:
             log.error("%s", exc)
             return
         self._addresses_set = True
+        if self.tun_dns is not None:
+            try:  # (re)bound once the addresses exist; failing on both is fatal, as upstream
+                await self.tun_dns.bind([effect.ipv4, effect.ipv6])
+            except RuntimeFailure as exc:
+                self.on_fatal(exc)
 
     # --- packet paths ----------------------------------------------------------------------
 

@@ -77,7 +77,7 @@ def test_rules_are_inserted_first_and_masquerade_is_source_restricted():
     fake = FakeIptables()
     fake.chains[("iptables", "filter", "FORWARD")] = [("-j", "DROP")]
     changed = hostsetup.apply_rules(["eth0"], runner=fake)
-    assert len(changed) == 6
+    assert len(changed) == 10  # per tool: 2 FORWARD accepts, 2 INPUT accepts, 1 MASQUERADE
     forward = fake.chains[("iptables", "filter", "FORWARD")]
     assert forward[-1] == ("-j", "DROP")  # our accepts come before the distribution's drop
     masquerade = ("-s", "100.64.0.0/11", "-o", "eth0", "-j", "MASQUERADE")
@@ -85,12 +85,25 @@ def test_rules_are_inserted_first_and_masquerade_is_source_restricted():
     assert fake.chains[("ip6tables", "nat", "POSTROUTING")][0][1] == "fd00:2021:1111::/107"
 
 
+def test_the_tun_dns_server_port_is_accepted_first_on_the_tun_device_only():
+    fake = FakeIptables()
+    fake.chains[("iptables", "filter", "INPUT")] = [("-j", "DROP")]  # a host firewall's default deny
+    fake.chains[("ip6tables", "filter", "INPUT")] = [("-j", "DROP")]
+    hostsetup.apply_rules(["eth0"], runner=fake)
+    for tool in ("iptables", "ip6tables"):
+        assert fake.chains[(tool, "filter", "INPUT")] == [
+            ("-i", "tun-firezone", "-p", "tcp", "-m", "tcp", "--dport", "53535", "-j", "ACCEPT"),
+            ("-i", "tun-firezone", "-p", "udp", "-m", "udp", "--dport", "53535", "-j", "ACCEPT"),
+            ("-j", "DROP"),
+        ]
+
+
 def test_second_run_changes_nothing_and_remove_cleans_up():
     host = FakeHost()
     hostsetup.apply_rules(["eth0", "wlan0"], runner=host.run)
     assert hostsetup.apply_rules(["eth0", "wlan0"], runner=host.run) == []
     removed = hostsetup.remove_rules(host.run, host.read)
-    assert len(removed.removed) == 8
+    assert len(removed.removed) == 12
     assert (removed.warnings, removed.errors) == ([], [])
     assert all(rules == [] for rules in host.chains.values())
     again = hostsetup.remove_rules(host.run, host.read)
@@ -130,7 +143,7 @@ def test_remove_takes_rules_for_gone_interfaces_and_keeps_everyone_elses():
     assert host.ip_rules == {"-4": [(32766, "main", "from all")], "-6": []}
     assert sum("MASQUERADE" in line and "-o eth9" in line for line in result.removed) == 3
     assert f"removed: ip -6 rule del priority 1000 table {ROUTE_TABLE}" in result.removed
-    assert len(result.removed) == 4 + 3 + 2 + 3  # accepts, MASQUERADE (v4 x3, v6 x2), ip rules
+    assert len(result.removed) == 8 + 3 + 2 + 3  # accepts, MASQUERADE (v4 x3, v6 x2), ip rules
     # Each removal is one line that names the rule.
     assert "removed: iptables -t filter -D FORWARD -i tun-firezone -j ACCEPT" in result.removed
 
@@ -141,7 +154,7 @@ def test_dry_run_lists_and_changes_nothing():
     host.ip_rules["-4"].append((1000, ROUTE_TABLE, "not fwmark"))
     before = {key: list(rules) for key, rules in host.chains.items()}
     result = hostsetup.remove_rules(host.run, host.read, dry_run=True)
-    assert len(result.removed) == 7
+    assert len(result.removed) == 11
     assert all(line.startswith("would remove: ") for line in result.removed)
     assert host.chains == before
     assert host.ip_rules["-4"] == [(1000, ROUTE_TABLE, "not fwmark")]
@@ -166,6 +179,11 @@ def test_a_failing_table_is_reported_and_the_others_are_still_cleaned():
         ("iptables", "filter", "FORWARD", "-A FORWARD -o tun-firezone -j ACCEPT", True),
         ("iptables", "filter", "FORWARD", "-A FORWARD -i tun-firezone -j DROP", False),
         ("iptables", "filter", "FORWARD", "-A FORWARD -i tun-firezone0 -j ACCEPT", False),
+        ("iptables", "filter", "INPUT", "-A INPUT -i tun-firezone -p udp -m udp --dport 53535 -j ACCEPT", True),
+        ("ip6tables", "filter", "INPUT", "-A INPUT -i tun-firezone -p tcp -m tcp --dport 53535 -j ACCEPT", True),
+        ("iptables", "filter", "INPUT", "-A INPUT -i tun-firezone -p udp -m udp --dport 53 -j ACCEPT", False),
+        ("iptables", "filter", "INPUT", "-A INPUT -i eth0 -p udp -m udp --dport 53535 -j ACCEPT", False),
+        ("iptables", "filter", "INPUT", "-A INPUT -i tun-firezone -j ACCEPT", False),
         ("iptables", "nat", "POSTROUTING", "-A POSTROUTING -s 100.64.0.0/11 -o ens3 -j MASQUERADE", True),
         ("iptables", "nat", "POSTROUTING", "-A POSTROUTING -s 100.64.0.0/10 -o ens3 -j MASQUERADE", False),
         ("iptables", "nat", "POSTROUTING", "-A POSTROUTING -s 100.64.0.0/11 ! -o ens3 -j MASQUERADE", False),
@@ -200,7 +218,7 @@ def test_main_prints_one_line_per_removal(monkeypatch, capsys):
     monkeypatch.setattr(hostsetup, "remove_rules", lambda **kw: real(host.run, host.read, **kw))
     assert hostsetup.main(["--remove", "--egress-interface", "eth0"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 7
+    assert len(out) == 11
     assert all(line.startswith("firezone-gateway-init: removed: ") for line in out)
     assert hostsetup.main(["--remove"]) == 0
     assert capsys.readouterr().out.strip() == "firezone-gateway-init: nothing to remove: no rule of the gateway is left"
