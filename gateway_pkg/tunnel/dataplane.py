@@ -400,8 +400,9 @@ class TunnelDataPlane:
         except BlockingIOError:
             metrics.DROPPED.labels("udp_full").inc()
         except OSError as exc:
-            metrics.DROPPED.labels("udp_error").inc()
-            log.debug("UDP send to %s failed: %s", endpoint, exc)
+            # EMSGSIZE: too big even to fragment (the sockets allow fragmentation, see udp.py).
+            metrics.DROPPED.labels("udp_too_big" if exc.errno == errno.EMSGSIZE else "udp_error").inc()
+            log.debug("UDP send of %d bytes to %s failed: %s", len(data), endpoint, exc)
 
     def _count_events(self, out: DeviceOutput) -> None:
         for event in out.events:

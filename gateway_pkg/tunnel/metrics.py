@@ -5,11 +5,16 @@ Per-packet counts are plain integer attributes rendered by a collector at scrape
 a labelled prometheus_client counter costs about 2.5 µs per increment (measured by
 bench/bench_tunnel.py's profile), which on two counters per packet was a tenth of the
 gateway's CPU. Rare events (drops, handshakes) use ordinary metrics.
+
+IP fragmentation (outer datagrams on a path narrower than 1340/1360 bytes, see tunnel/udp.py)
+is counted by the kernel, not per packet here: its counters for the gateway's network namespace
+(/proc/net/snmp, /proc/net/snmp6) are read at scrape time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Protocol
 
 from prometheus_client import REGISTRY, Counter, Gauge
@@ -97,5 +102,68 @@ class _TraversalCollector(Collector):
                                 value=view.relays_allocated())
 
 
+# reason -> the kernel's counters summed for it: IPv4 (/proc/net/snmp "Ip:"), IPv6 (/proc/net/snmp6).
+FRAGMENTATION: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "fragments_received": (("ReasmReqds",), ("Ip6ReasmReqds",)),  # fragments that arrived
+    "reassembled": (("ReasmOKs",), ("Ip6ReasmOKs",)),  # packets put back together from them
+    "reassembly_failed": (("ReasmFails",), ("Ip6ReasmFails",)),  # incl. a fragment lost on the way
+    "fragmented": (("FragOKs",), ("Ip6FragOKs",)),  # packets sent (or forwarded) in fragments
+    "fragments_created": (("FragCreates",), ("Ip6FragCreates",)),
+    # Too big for the next link and not to be fragmented (IPv4 DF, IPv6 in transit): dropped,
+    # ICMP "fragmentation needed" / Packet Too Big sent back (e.g. a resource's DF-set reply
+    # larger than tun-firezone's 1280).
+    "too_big": (("FragFails",), ("Ip6FragFails", "Ip6InTooBigErrors")),
+}
+
+
+def parse_snmp(text: str) -> dict[str, int]:
+    """The `Ip:` counters of /proc/net/snmp (a line of names, then a line of values)."""
+    rows = [line.split()[1:] for line in text.splitlines() if line.startswith("Ip:")]
+    if len(rows) < 2:
+        return {}
+    return {name: int(value) for name, value in zip(rows[0], rows[1], strict=False) if value.lstrip("-").isdigit()}
+
+
+def parse_snmp6(text: str) -> dict[str, int]:
+    """/proc/net/snmp6: one `name value` per line."""
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            values[parts[0]] = int(parts[1])
+    return values
+
+
+def fragmentation(ipv4: Mapping[str, int], ipv6: Mapping[str, int]) -> list[tuple[str, str, int]]:
+    """(family, reason, count) for every reason the kernel reports."""
+    rows: list[tuple[str, str, int]] = []
+    for reason, (names4, names6) in FRAGMENTATION.items():
+        for family, names, values in (("ipv4", names4, ipv4), ("ipv6", names6, ipv6)):
+            if any(name in values for name in names):
+                rows.append((family, reason, sum(values.get(name, 0) for name in names)))
+    return rows
+
+
+class _FragmentationCollector(Collector):
+    def __init__(self, proc_net: Path = Path("/proc/net")) -> None:
+        self._proc_net = proc_net
+
+    def _read(self, name: str) -> str:
+        try:
+            return (self._proc_net / name).read_text()
+        except OSError:
+            return ""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "firezone_gateway_ip_fragmentation",
+            "IP fragmentation in the gateway's network namespace, by IP version and reason (the kernel's counters)",
+            labels=["family", "reason"])
+        for version, reason, count in fragmentation(parse_snmp(self._read("snmp")), parse_snmp6(self._read("snmp6"))):
+            family.add_metric([version, reason], count)
+        yield family
+
+
 REGISTRY.register(_TrafficCollector())
 REGISTRY.register(_TraversalCollector())
+REGISTRY.register(_FragmentationCollector())

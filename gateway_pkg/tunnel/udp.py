@@ -1,4 +1,13 @@
-"""The WireGuard UDP sockets: IPv4 and IPv6 on 52625 (ephemeral if taken), marked, large buffers.
+"""The WireGuard UDP sockets: IPv4 and IPv6 on 52625 (ephemeral if taken), marked, large buffers,
+and allowed to be fragmented.
+
+The outer datagram of a full 1280-byte inner packet is 1340 bytes over IPv4 and 1360 over IPv6
+(+4 when relayed), so an outer path narrower than that needs IP fragmentation; the tunnel MTU
+cannot go below 1280 for IPv6. As kernel WireGuard does, the IPv4 socket clears DF
+(IP_MTU_DISCOVER = IP_PMTUDISC_DONT): a router on a narrower link fragments instead of dropping
+and sending an ICMP "fragmentation needed" that a firewall may eat. IPv6 routers never fragment;
+the IPv6 socket (IPV6_MTU_DISCOVER = IPV6_PMTUDISC_DONT, IPV6_DONTFRAG off) lets the kernel
+fragment at the source to the path MTU, learned from ICMPv6 Packet Too Big, and reports no error.
 
 Measured here (docs/dataplane.md): asyncio's DatagramProtocol handled only 26-38 kpps and
 dropped most packets, while `add_reader` draining many `recvfrom_into` per wakeup handled
@@ -15,13 +24,19 @@ import socket
 import struct
 
 from gateway_pkg.errors import RuntimeFailure
-from gateway_pkg.netconst import DEFAULT_UDP_PORT, FIREZONE_MARK, TUN_NAME
+from gateway_pkg.netconst import DEFAULT_UDP_PORT, FIREZONE_MARK, TUN_MTU, TUN_NAME
 
 log = logging.getLogger("gateway_pkg.tunnel.udp")
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+# <linux/in.h>, <linux/in6.h>: Python's socket module names only IPV6_DONTFRAG.
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_DONT = 0
+IPV6_MTU_DISCOVER = 23
+IPV6_PMTUDISC_DONT = 0
+IPV6_DONTFRAG = getattr(socket, "IPV6_DONTFRAG", 62)
 RECV_BUFFER = 128 * 1024 * 1024
 SEND_BUFFER = 16 * 1024 * 1024
 
@@ -36,6 +51,26 @@ def _set_buffers(sock: socket.socket) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
+def allow_fragmentation(sock: socket.socket) -> None:
+    """Clear DF (IPv4) / let the kernel fragment (IPv6) on an outer socket; see the module doc.
+
+    A kernel that refuses is logged once per socket: the gateway still runs, but a narrow path
+    then needs ICMP to get through."""
+    options: tuple[tuple[int, int, int, str], ...]
+    if sock.family == socket.AF_INET6:
+        options = ((socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DONT, "IPV6_MTU_DISCOVER"),
+                   (socket.IPPROTO_IPV6, IPV6_DONTFRAG, 0, "IPV6_DONTFRAG"))
+    else:
+        options = ((socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT, "IP_MTU_DISCOVER"),)
+    for level, option, value, name in options:
+        try:
+            sock.setsockopt(level, option, value)
+        except OSError as exc:
+            log.warning("Cannot set %s on the UDP socket (%s): outer datagrams may be dropped on paths "
+                        "narrower than %d bytes", name, exc.strerror or exc,
+                        TUN_MTU + (80 if sock.family == socket.AF_INET6 else 60))  # IP, UDP, WireGuard
+
+
 def _bind(family: int, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -43,6 +78,7 @@ def _bind(family: int, port: int) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, SO_MARK, struct.pack("I", FIREZONE_MARK))
+        allow_fragmentation(sock)
         _set_buffers(sock)
         sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
         sock.setblocking(False)
