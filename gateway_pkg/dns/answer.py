@@ -18,6 +18,7 @@ from typing import Literal
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
@@ -87,8 +88,10 @@ def interpret(response: dns.message.Message, qname: dns.name.Name, rdtype: dns.r
 def _find(
     section: list[dns.rrset.RRset], name: dns.name.Name, rdtype: dns.rdatatype.RdataType
 ) -> dns.rrset.RRset | None:
+    # Class IN only: records of another class for the name are no answer to our IN query
+    # (dnspython parses them as other rdata types, without the fields read here).
     for rrset in section:
-        if rrset.rdtype == rdtype and rrset.name == name:
+        if rrset.rdtype == rdtype and rrset.rdclass == dns.rdataclass.IN and rrset.name == name:
             return rrset
     return None
 
@@ -96,6 +99,7 @@ def _find(
 def _negative_ttl(response: dns.message.Message, name: dns.name.Name) -> float | None:
     """min(SOA TTL, SOA MINIMUM) of an SOA for `name` or one of its ancestors."""
     for rrset in response.authority:
-        if rrset.rdtype == dns.rdatatype.SOA and len(rrset) > 0 and name.is_subdomain(rrset.name):
+        if (rrset.rdtype == dns.rdatatype.SOA and rrset.rdclass == dns.rdataclass.IN and len(rrset) > 0
+                and name.is_subdomain(rrset.name)):
             return float(min(rrset.ttl, rrset[0].minimum))
     return None
