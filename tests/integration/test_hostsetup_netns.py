@@ -100,7 +100,9 @@ def test_remove_takes_every_rule_of_ours_even_for_a_gone_interface(netns: str) -
         assert foreign in after, after
     assert after.count("-A FORWARD -i docker0 -j ACCEPT") == 2  # iptables and ip6tables
     lines = removed.stdout.splitlines()
-    assert len(lines) == 4 + 2 + 2  # 2 accepts and 1 MASQUERADE per tool, 1 ip rule per family
+    # per tool: 2 FORWARD accepts, 2 INPUT accepts (TUN DNS server, UDP and TCP) and 1 MASQUERADE;
+    # 1 ip rule per family
+    assert len(lines) == 4 + 4 + 2 + 2
     assert all(line.startswith("firezone-gateway-init: removed: ") for line in lines), lines
     assert f"firezone-gateway-init: removed: iptables -t nat -D POSTROUTING -s {TUNNEL_V4} -o uplink9 " \
            "-j MASQUERADE" in lines
@@ -118,6 +120,6 @@ def test_dry_run_lists_without_removing(netns: str) -> None:
     before = rulesets(ns)
     dry = init(ns, "--remove", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert len(dry.stdout.splitlines()) == 6
+    assert len(dry.stdout.splitlines()) == 10  # per tool 2 FORWARD + 2 INPUT accepts + 1 MASQUERADE
     assert all(" would remove: " in line for line in dry.stdout.splitlines())
     assert rulesets(ns) == before
