@@ -494,13 +494,36 @@ def _fresh_policy(config: int) -> Any:
     return policy
 
 
+_CLIENT_PACKED = frozenset(ipaddress.ip_address(a).packed for a in (C4, C6))
+_GATEWAY_PACKED = frozenset(ipaddress.ip_address(a).packed for a in (GW4, GW6))
+_REAL_PACKED = frozenset(a.packed for a in (REAL4, REAL6, ALT4))
+_CIDRS = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8:1::/48"))
+
+
+def _check_authorized(p: Any, *, outbound: bool, internet: bool) -> None:
+    """What the policy forwards: from the client's own address to an authorized destination
+    (a CIDR resource, a real address behind a proxy IP, the gateway, or anything outside the
+    proxy ranges with the internet resource), and towards the client's address only."""
+    from gateway_pkg.tunnel.nat import is_proxy_ip
+
+    if not outbound:
+        _check(p.dst in _CLIENT_PACKED, "forwarded to the client a packet for another address")
+        return
+    _check(p.src in _CLIENT_PACKED, "forwarded a packet with a spoofed source")
+    destination = ipaddress.ip_address(p.dst)
+    allowed = (p.dst in _GATEWAY_PACKED or p.dst in _REAL_PACKED or any(destination in net for net in _CIDRS)
+               or (internet and not is_proxy_ip(p.dst)))
+    _check(allowed, f"forwarded a packet to {destination}, which no resource authorizes")
+
+
 def policy_nat(data: bytes) -> None:
     """`ClientPolicy.check_outbound` / `check_inbound` (and the DNS-resource NAT behind them) never
-    raise; what they forward parses and keeps valid checksums valid, and their ICMP replies go to
-    the client. Byte 0 picks the resources; then records, tag low 2 bits: 0 a packet from the client
-    (bit 2: source set to the client's, bit 3: destination set to a proxy IP), 1 a packet from the
-    TUN (bit 2: destination set to the client's, bit 3: source set to the real IP), 2 time passes
-    and `expire` runs, 3 the name re-resolves (bits 2-3: both families, IPv4 only, none)."""
+    raise; what they forward parses, is authorized (`_check_authorized`) and keeps valid checksums
+    valid, and their ICMP replies go to the client. Byte 0 picks the resources (bit 2: the
+    internet resource); then records, tag low 2 bits: 0 a packet from the client (bit 2: source
+    set to the client's, bit 3: destination set to a proxy IP), 1 a packet from the TUN (bit 2:
+    destination set to the client's, bit 3: source set to the real IP), 2 time passes and
+    `expire` runs, 3 the name re-resolves (bits 2-3: both families, IPv4 only, none, changed)."""
     from gateway_pkg.tunnel.packet import IpPacket
     from gateway_pkg.tunnel.policy import Action
 
@@ -521,6 +544,9 @@ def policy_nat(data: bytes) -> None:
                                 src=(str(REAL4), str(REAL6)) if tag & 8 else None)
                 verdict = policy.check_inbound(packet, now)
             _check(verdict.action in (Action.FORWARD, Action.REPLY, Action.DROP), "a documented action")
+            if verdict.action == Action.FORWARD:
+                _check_authorized(IpPacket(bytes(verdict.packet if verdict.packet is not None else packet)),
+                                  outbound=op == 0, internet=bool(data[0] & 4))
             if verdict.action == Action.FORWARD and verdict.packet is not None:
                 forwarded = IpPacket(bytes(verdict.packet))
                 if op == 0:
