@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-netns test unit lint lint-python lint-ansible bench e2e deps venv wheelhouse docs-ansible docs-config clean help
+.PHONY: demo demo-netns test unit lint lint-python lint-ansible bench e2e deps venv wheelhouse docs-ansible docs-config clean help fuzz fuzz-ci
 
 help:
 	@echo "make demo   - site.yml rolls out two gateway containers; tunnel and DNS TTL proven; summary table"
@@ -16,6 +16,7 @@ help:
 	@echo "make test   - unit, property and namespace integration tests (everything but containers)"
 	@echo "make lint   - ruff, mypy and the Ansible checks"
 	@echo "make bench  - side-by-side benchmarks (ours vs the reference) with ratios"
+	@echo "make fuzz   - coverage-guided fuzzing (atheris) of every parser of untrusted bytes, >= 100,000 inputs per target"
 
 deps:
 	@scripts/deps.sh
@@ -23,7 +24,7 @@ deps:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/pip install -q --upgrade pip
-	@$(BIN)/pip install -q -e '.[test,devportal,lint]'
+	@$(BIN)/pip install -q -e '.[test,devportal,lint,fuzz]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -52,7 +53,7 @@ test: deps venv
 lint: lint-python lint-ansible
 
 lint-python: venv
-	@$(BIN)/ruff check gateway_pkg tests bench scripts tools molecule
+	@$(BIN)/ruff check gateway_pkg tests bench scripts tools molecule fuzz
 	@$(BIN)/mypy gateway_pkg
 	@$(BIN)/python tools/gen_config_docs.py --check
 	@$(BIN)/python tools/check_doc_refs.py
@@ -85,3 +86,11 @@ bench: deps venv
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache
+
+# docs/testing.md#fuzzing: at least 100,000 new inputs per target, two targets at a time.
+fuzz: venv
+	@$(BIN)/python -m fuzz.run --jobs 2 $(FUZZ_ARGS)
+
+# CI's share: each target replays its corpus, then about 2 minutes of new inputs in all.
+fuzz-ci: venv
+	@$(BIN)/python -m fuzz.run --budget-seconds 120 $(FUZZ_ARGS)
