@@ -8,24 +8,42 @@ resource works (and the lab sees the request from the gateway's address: it went
 the tunnel and the gateway's masquerade) while the filtered port is refused; with --dns, a
 DNS resource follows the record TTL with the flag on and the fixed legacy time with it off.
 
+With --ice (opt-in: the container demo passes it after `lab_up.py --relay --ice-client`; the
+Molecule scenarios do not), the client reaches each gateway the way a real client does: over
+ICE. tests/iceclient.py's agent (aioice, controlling) runs in the client container
+(/opt/ice), its shim is wireguard-go's peer endpoint, and this script does the signalling
+through the dev portal: the flow answer's `ice` and `relays`, the client's candidates
+`POST /v1/flows/{id}/candidates`, the gateway's `GET` from there. Every check above then
+runs through that ICE tunnel, and the result says which path it took: `path` from the
+gateway's own /metrics (`firezone_gateway_ice_client_path{client_id,path}`), `pair` the
+client's selected pair (local -> remote candidate types), `relay_bytes` the gateway's
+`firezone_gateway_relay_bytes_total`.
+
 Used by molecule/*/verify.yml and scripts/container_demo.py.
-  labcheck.py --lab C --client C --net 10.89.61 --gateway C [--gateway C ...] [--dns] [--json FILE]
+  labcheck.py --lab C --client C --net 10.89.61 --gateway C [--gateway C ...] [--dns] [--ice]
+              [--json FILE]
 Exit status 0 when every check passed.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import json
 import re
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 FLAG = "gateway-userspace-dns-a-aaaa-records"
 UNIT = "firezone-gateway.service"
+ICE_DIR = "/opt/ice"  # lab_up.py --ice-client: venv/ (aioice) and tests/ (tests/iceclient.py)
+METRICS_URL = "http://127.0.0.1:8080/metrics"  # the role's firezone_gateway_health_check_addr
+ICE_CONNECT_TIMEOUT = 30
 
 
 class CheckFailed(AssertionError):
@@ -68,6 +86,7 @@ class Lab:
     lab: str
     client: str
     net: str
+    ice: bool = False
     log: list[str] = field(default_factory=list)
 
     @property
@@ -115,6 +134,112 @@ class Lab:
         return done.returncode, (done.stdout + done.stderr).strip(), time.monotonic() - started
 
 
+class IceAgent:
+    """tests/iceclient.py's agent process in the client container, driven over `podman exec -i`.
+
+    The client logic is the repository's one implementation (aioice as the controlling agent,
+    the shim between its pair and wireguard-go); this side only writes its JSON-line commands
+    and reads its events, as tests/iceclient.py's IceAgent does in the namespace tests.
+    """
+
+    def __init__(self, client: str, wg_port: int) -> None:
+        argv = ["podman", "exec", "-i", "-w", ICE_DIR, "-e", f"PYTHONPATH={ICE_DIR}", client,
+                f"{ICE_DIR}/venv/bin/python", "-m", "tests.iceclient", "--role", "controlling",
+                "--interface", "eth0", "--no-ipv6", "--wg-port", str(wg_port)]
+        self.popen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, bufsize=1)
+        self.events: list[dict[str, Any]] = []
+        self.stderr: collections.deque[str] = collections.deque(maxlen=40)
+        self.changed = threading.Condition()
+        self.sessions = 0
+        assert self.popen.stdout is not None and self.popen.stderr is not None
+        for target, stream in ((self._read_events, self.popen.stdout), (self._read_stderr, self.popen.stderr)):
+            threading.Thread(target=target, args=(stream,), daemon=True).start()
+        self.shim_port: int = self.wait("ready", 30)["shim_port"]
+
+    def _read_events(self, stream: IO[str]) -> None:
+        for line in stream:
+            with contextlib.suppress(ValueError), self.changed:
+                self.events.append(json.loads(line))
+                self.changed.notify_all()
+        with self.changed:
+            self.changed.notify_all()
+
+    def _read_stderr(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.stderr.append(line.rstrip())
+
+    def output(self) -> str:
+        return "\n".join(self.stderr)
+
+    def find(self, name: str, session: int | None = None) -> dict[str, Any] | None:
+        with self.changed:
+            for event in reversed(self.events):
+                if event.get("event") == name and (session is None or event.get("session") == session):
+                    return event
+        return None
+
+    def wait(self, name: str, timeout: float, session: int | None = None) -> dict[str, Any]:
+        found = self.poll(name, timeout, session)
+        if found is None:
+            raise CheckFailed(f"ICE agent: no {name!r} event within {timeout:g} s")
+        return found
+
+    def poll(self, name: str, timeout: float, session: int | None = None) -> dict[str, Any] | None:
+        """The event once it came (None after `timeout`); a failed/closed session or the agent gone raise."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                found = self.find(name, session)
+                if found is not None:
+                    return found
+                ended = [e for e in self.events if e.get("event") in ("failed", "closed", "stale")
+                         and (session is None or e.get("session") == session)]
+                if ended:
+                    raise CheckFailed(f"ICE agent: {ended[-1]} while waiting for {name!r}")
+                if self.popen.poll() is not None:
+                    raise CheckFailed(f"ICE agent exited ({self.popen.returncode}) while waiting for {name!r}: "
+                                      f"{self.output()[-1500:]}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.changed.wait(min(left, 0.5))
+
+    def send(self, cmd: dict[str, Any]) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(json.dumps(cmd) + "\n")
+        self.popen.stdin.flush()
+
+    def session(self, local: dict[str, str], remote: dict[str, str], turn: dict[str, str] | None, stun: str | None,
+                direct_grace: float) -> int:
+        self.sessions += 1
+        self.send({"cmd": "session", "local": local, "remote": remote, "turn": turn, "stun": stun,
+                   "direct_grace": direct_grace})
+        return self.sessions
+
+    def stop(self) -> None:
+        """quit + EOF: aioice closes (its TURN allocation is deleted) and the agent exits 0."""
+        if self.popen.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                self.send({"cmd": "quit"})
+            with contextlib.suppress(OSError, ValueError):
+                self.popen.stdin.close()  # type: ignore[union-attr]
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()  # podman exec, by its PID; the agent then sees EOF too
+                self.popen.wait(5)
+
+
+def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    samples = []
+    for line in text.splitlines():
+        match = re.match(r"^(\w+)(\{[^}]*\})?\s+(\S+)$", line)
+        if match and match.group(1) == name:
+            samples.append((dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or "")), float(match.group(3))))
+    return samples
+
+
 def container_ip(container: str) -> str:
     out = podman("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", container).stdout
     return out.split()[0]
@@ -126,6 +251,8 @@ class GatewayCheck:
         self.container = container
         self.ip = container_ip(container)
         self.result: dict[str, Any] = {"gateway": container, "address": self.ip}
+        self.agent: IceAgent | None = None
+        self.client_id: str | None = None
 
     def journal(self) -> str:
         return sh(self.container, "journalctl", "-u", UNIT, "-o", "cat", "--no-pager", timeout=30).stdout
@@ -167,11 +294,83 @@ class GatewayCheck:
         for peer in sh(c, "wg", "show", "wg0", "peers").stdout.split():
             if peer != gw["public_key"]:
                 sh(c, "wg", "set", "wg0", "peer", peer, "remove")
+        endpoint = f"{self.ip}:{gw['port']}"
+        if self.lab.ice:
+            # wireguard-go's datagrams go to the shim, which sends them over the ICE pair;
+            # what arrives on the pair comes back to wg0's listen port.
+            port = int(sh(c, "wg", "show", "wg0", "listen-port").stdout.strip())
+            self.agent = IceAgent(c, port)
+            endpoint = f"127.0.0.1:{self.agent.shim_port}"
         routes = [*routes, f"{gw['ipv4']}/32"]
         sh(c, "wg", "set", "wg0", "peer", gw["public_key"], "preshared-key", "/etc/lab/wg/psk",
-           "endpoint", f"{self.ip}:{gw['port']}", "allowed-ips", ",".join(routes), "persistent-keepalive", "25")
+           "endpoint", endpoint, "allowed-ips", ",".join(routes), "persistent-keepalive", "25")
         for route in routes:
             sh(c, "ip", "route", "replace", route, "dev", "wg0")
+        if self.agent is not None:
+            self.ice(flow)
+
+    # --- ICE: signalling through the dev portal, as a real client does through the portal ----
+    def ice(self, flow: dict[str, Any]) -> None:
+        assert self.agent is not None
+        ice, flow_id = flow.get("ice") or {}, flow["flow_id"]
+        if not (ice.get("client") and ice.get("gateway")):
+            raise CheckFailed(f"the flow answer has no ICE credentials for both sides: {ice}")
+        turn = stun = None
+        for relay in flow.get("relays") or []:
+            for addr in relay.get("addrs", []):
+                if not addr.startswith("[") and turn is None:
+                    turn = {"server": addr, "username": relay["username"], "password": relay["password"]}
+                    stun = addr
+        if turn is None:
+            raise CheckFailed(f"the flow answer lists no IPv4 relay (portal without --relay?): {flow.get('relays')}")
+        started = time.monotonic()
+        # direct_grace: checks over the relay start 1 s late, so a direct path wins where one exists.
+        session = self.agent.session(ice["client"], ice["gateway"], turn, stun, direct_grace=1.0)
+        gathered = self.agent.wait("gathered", 15, session)
+        status, body = self.lab.api("POST", f"/v1/flows/{flow_id}/candidates", {"candidates": gathered["candidates"]})
+        if status != 202:
+            raise CheckFailed(f"POST /v1/flows/{flow_id}/candidates: {status} {body}")
+        self.step(f"ICE: client candidates {', '.join(gathered['types'])} sent (relay {turn['server']})")
+        seen: list[str] = []
+        deadline = started + ICE_CONNECT_TIMEOUT
+        while self.agent.find("connected", session) is None:
+            if time.monotonic() > deadline:
+                raise CheckFailed(f"ICE: no pair nominated within {ICE_CONNECT_TIMEOUT} s (gateway candidates "
+                                  f"{seen}); agent log: {self.agent.output()[-1500:]}")
+            status, body = self.lab.api("GET", f"/v1/flows/{flow_id}/candidates?wait=2")
+            if status != 200:
+                raise CheckFailed(f"GET /v1/flows/{flow_id}/candidates: {status} {body}")
+            new = [c for c in body.get("candidates", []) if c not in seen]
+            if new:
+                seen += new
+                self.agent.send({"cmd": "remote", "candidates": new, "end": False})
+            self.agent.poll("connected", 0.5, session)  # a short wait for the pair; the loop decides
+        pair = self.agent.wait("connected", 1, session)
+        kinds = sorted({c.split(" typ ")[1].split()[0] for c in seen if " typ " in c})
+        self.result["pair"] = f"{pair['local']['type']} -> {pair['remote']['type']}"
+        self.step(f"ICE: gateway candidates {', '.join(kinds)}; nominated {self.result['pair']} "
+                  f"({pair['local']['host']}:{pair['local']['port']} -> "
+                  f"{pair['remote']['host']}:{pair['remote']['port']}) in {time.monotonic() - started:.1f} s")
+
+    def metrics(self) -> str:
+        return sh(self.container, "python3", "-c",
+                  "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5)"
+                  ".read().decode())", METRICS_URL, timeout=20).stdout
+
+    def ice_path(self) -> str:
+        """The path of this client's tunnel by the gateway's own /metrics; relay bytes beside it."""
+        text = self.metrics()
+        paths = sorted(labels.get("path", "?") for labels, value in
+                       metric_samples(text, "firezone_gateway_ice_client_path")
+                       if labels.get("client_id") == self.client_id and value == 1)
+        relay_bytes = {labels.get("direction"): int(value) for labels, value in
+                       metric_samples(text, "firezone_gateway_relay_bytes_total")}
+        self.result["relay_bytes"] = relay_bytes
+        path = "+".join(paths) or "none"
+        if self.result.get("path") not in (None, path):
+            path = f"{self.result['path']} then {path}"
+        self.result["path"] = path
+        return path
 
     def handshake(self) -> int:
         out = sh(self.lab.client, "wg", "show", "wg0", "latest-handshakes").stdout.split()
@@ -184,6 +383,7 @@ class GatewayCheck:
                                "filters": [{"protocol": "tcp", "port_range_start": 80, "port_range_end": 80},
                                            {"protocol": "icmp"}]})
         self.step(f"client authorized for cidr {resource}/32 tcp/80 (flow {flow['flow_id']}, {flow['status']})")
+        self.client_id = flow.get("client_id")
         self.connect(flow, [f"{resource}/32", "100.96.0.0/11"])
         code, out, _ = wait_for(lambda: (r := self.lab.curl(f"http://{resource}:80/"))[0] == 0 and r, 15,
                                 f"HTTP to {resource}:80 through the tunnel")
@@ -201,6 +401,9 @@ class GatewayCheck:
             raise CheckFailed(f"the filtered port {resource}:8000 was not refused "
                               f"(curl exit {code} after {took:.1f} s: {out})")
         self.step(f"HTTP {resource}:8000 (filtered) refused in {took:.2f} s: {out}")
+        if self.agent is not None:
+            self.step(f"path by the gateway's /metrics: {self.ice_path()} "
+                      f"(relayed WireGuard bytes in/out {self.result['relay_bytes']})")
         self.result["tunnel"] = True
 
     # --- DNS resource: TTL with the flag on, the fixed legacy time with it off --------------
@@ -265,6 +468,19 @@ class GatewayCheck:
         self.result["security"] = float(match.group(1))
         return self.result["security"]
 
+    def close(self) -> None:
+        """After this gateway's checks: the path once more (it carried them all), the agent stopped."""
+        if self.agent is None:
+            return
+        try:
+            if self.result.get("tunnel"):
+                self.ice_path()
+        except (CheckFailed, subprocess.TimeoutExpired) as error:
+            self.result["error"] = self.result.get("error") or str(error)
+        finally:
+            self.agent.stop()
+            self.agent = None
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -276,9 +492,12 @@ def main() -> int:
     parser.add_argument("--dns", action="store_true", help="also the DNS TTL checks (about 25 s per gateway)")
     parser.add_argument("--ttl", type=int, default=8, help="TTL of ttl.lab.test (flag on)")
     parser.add_argument("--legacy", type=int, default=10, help="the gateway's FIREZONE_DNS_LEGACY_TTL (flag off)")
+    parser.add_argument("--ice", action="store_true",
+                        help="reach each gateway over ICE with the aioice agent of lab_up.py --ice-client "
+                             "(needs the portal's relay: lab_up.py --relay)")
     parser.add_argument("--json", help="write the per-gateway results here")
     args = parser.parse_args()
-    lab = Lab(args.lab, args.client, args.net)
+    lab = Lab(args.lab, args.client, args.net, ice=args.ice)
     results, failed = [], False
     for container in args.gateway:
         say(f"== {container}")
@@ -295,6 +514,8 @@ def main() -> int:
             failed = True
             check.result["error"] = str(error)
             say(f"  [{container}] FAILED: {error}")
+        finally:
+            check.close()
         try:
             check.security()
         except CheckFailed as error:
