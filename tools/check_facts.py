@@ -14,7 +14,10 @@ Python they are repeated where a file cannot import them; this check proves the 
 - every `--sysctl KEY=VALUE` in molecule/*/molecule.yml and tools/smoke_*.sh names a key of
   SYSCTLS with its value, and a file that passes any passes all of them (the role's verify
   mode needs every one inside a container);
-- scripts/container_demo.py takes SYSCTLS from gateway_pkg.netconst instead of a copy.
+- scripts/container_demo.py takes SYSCTLS from gateway_pkg.netconst instead of a copy;
+- roles/firezone_gateway/vars/settings_rules.yml, the rules preflight checks the gateway's
+  settings with, is what tools/gen_role_validation.py generates from gateway_pkg/settings.py,
+  and each rule agrees with the gateway's own parser (see that tool).
 
 Exit status 0 when everything agrees, 1 otherwise, with one line per mismatch on stdout naming
 the file and the key. --root checks another tree (the tests use a tampered copy).
@@ -171,6 +174,24 @@ def check_demo(root: Path) -> list[str]:
     return problems
 
 
+def _rules_tool() -> ModuleType:
+    """tools/gen_role_validation.py, next to this file (it checks `root`, wherever that is)."""
+    spec = importlib.util.spec_from_file_location("_gen_role_validation", Path(__file__).with_name(
+        "gen_role_validation.py"))
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError("tools/gen_role_validation.py")
+    tool = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
+    if not hasattr(tool, "check"):
+        spec.loader.exec_module(tool)  # registered first: its dataclasses look their module up
+    return tool
+
+
+def check_settings_rules(root: Path) -> list[str]:
+    """The role's settings rules agree with gateway_pkg/settings.py (tools/gen_role_validation.py)."""
+    problems: list[str] = _rules_tool().check(root)
+    return problems
+
+
 def check(root: Path) -> list[str]:
     try:
         net = load_netconst(root)
@@ -178,7 +199,8 @@ def check(root: Path) -> list[str]:
         return [f"{NETCONST}: cannot be loaded ({exc})"]
     problems: list[str] = []
     for step in (lambda: check_role_vars(root, net), lambda: check_role_literals(root, net),
-                 lambda: check_version(root), lambda: check_sysctl_options(root, net), lambda: check_demo(root)):
+                 lambda: check_version(root), lambda: check_sysctl_options(root, net), lambda: check_demo(root),
+                 lambda: check_settings_rules(root)):
         try:
             problems += step()
         except (OSError, yaml.YAMLError, SyntaxError) as exc:
@@ -195,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     for problem in problems:
         print(problem)
     if not problems:
-        print(f"role, Molecule, smoke and demo facts agree with {NETCONST}")
+        print(f"role, Molecule, smoke and demo facts agree with {NETCONST}; the role's settings rules with "
+              "gateway_pkg/settings.py")
     return 1 if problems else 0
 
 

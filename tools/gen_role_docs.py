@@ -4,8 +4,11 @@
 Writes one Markdown table per role between the markers
     <!-- BEGIN GENERATED VARIABLES: <role> -->  and  <!-- END GENERATED VARIABLES: <role> -->
 in the role's own README (roles/<role>/README.md), or with --doc in one given document for
-all roles. With --check it changes nothing and exits 1 if a document is out of date (for
-`make lint`).
+all roles. A role with generated preflight rules (vars/settings_rules.yml, written by
+tools/gen_role_validation.py) also gets their tables between
+    <!-- BEGIN GENERATED RULES: <role> -->  and  <!-- END GENERATED RULES: <role> -->
+(required in the role's README, filled where present with --doc). With --check it changes
+nothing and exits 1 if a document is out of date (for `make lint`).
 """
 
 from __future__ import annotations
@@ -65,19 +68,58 @@ def role_table(role_dir: Path) -> str:
     return "\n".join(lines)
 
 
+RULES_FILE = "vars/settings_rules.yml"
+
+
+def _suffixed(data: dict[str, Any], suffix: str) -> Any:
+    return next((value for key, value in data.items() if key.endswith(suffix)), None) or {}
+
+
+def rules_table(role_dir: Path) -> str | None:
+    """The preflight rules of the settings that reach the gateway, or None without a rules file."""
+    path = role_dir / RULES_FILE
+    if not path.is_file():
+        return None
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    rules: dict[str, dict[str, str]] = _suffixed(data, "_settings_rules")
+    owned: dict[str, str] = _suffixed(data, "_settings_owned")
+    flags: list[str] = _suffixed(data, "_feature_flag_names")
+    lines = ["| Variable | Written as | The value |", "|---|---|---|"]
+    for item in _suffixed(data, "_settings_vars"):
+        rule = rules[item["env"]]["rule"]
+        lines.append(f"| `{item['var']}` | `{item['env']}` | {_text(rule)} |")
+    lines += ["", f"Names `{role_dir.name}_extra_env` may set, each value checked by its rule. Any other name,"
+              " `FIREZONE_TOKEN` and the names above are refused.", "",
+              "| Name | The value |", "|---|---|"]
+    lines += [f"| `{env}` | {_text(rule['rule'])} |" for env, rule in rules.items() if env not in owned]
+    if flags:
+        lines += ["", f"Keys `{role_dir.name}_feature_flags` may have: " + ", ".join(f"`{f}`" for f in flags)
+                  + "; each value `true` or `false`."]
+    return "\n".join(lines)
+
+
 class MarkersMissing(Exception):
     pass
 
 
-def render(document: str, roles: list[Path]) -> str:
+def _fill(document: str, kind: str, role: str, table: str, *, required: bool) -> str:
+    begin = f"<!-- BEGIN GENERATED {kind}: {role} -->"
+    end = f"<!-- END GENERATED {kind}: {role} -->"
+    if begin not in document or end not in document:
+        if required:
+            raise MarkersMissing(f"markers for {role} not found; add:\n{begin}\n{end}")
+        return document
+    head, rest = document.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{table}\n{end}{tail}"
+
+
+def render(document: str, roles: list[Path], *, rules_required: bool = False) -> str:
     for role in roles:
-        begin = f"<!-- BEGIN GENERATED VARIABLES: {role.name} -->"
-        end = f"<!-- END GENERATED VARIABLES: {role.name} -->"
-        if begin not in document or end not in document:
-            raise MarkersMissing(f"markers for {role.name} not found; add:\n{begin}\n{end}")
-        head, rest = document.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        document = f"{head}{begin}\n{role_table(role)}\n{end}{tail}"
+        document = _fill(document, "VARIABLES", role.name, role_table(role), required=True)
+        rules = rules_table(role)
+        if rules is not None:
+            document = _fill(document, "RULES", role.name, rules, required=rules_required)
     return document
 
 
@@ -97,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     for doc, doc_roles in targets:
         try:
             current = doc.read_text(encoding="utf-8")
-            wanted = render(current, doc_roles)
+            wanted = render(current, doc_roles, rules_required=args.doc is None)
         except (OSError, MarkersMissing) as exc:
             print(f"gen_role_docs: {doc}: {exc}", file=sys.stderr)
             status = 1

@@ -7,8 +7,11 @@
    and keeps every FIREZONE_ID and token;
 3. a rollout of a third version with serial=1 where the second host is broken (a host var
    points it at a portal address nothing listens on, so the role's readiness check fails):
-   the first host runs the new version, the broken host is rolled back to the previous one,
-   the rollout stops and the third host is not touched.
+   the first host runs the new version, the broken host is rolled back to the previous one
+   and to the env file it had before the run, the rollout stops and the third host is not
+   touched;
+4. a run at the old pin on the rolled-back host (without the broken portal address) changes
+   nothing and does not restart it: the unit names no version, so the rollback left it right.
 
 Environment: the one `molecule verify` gives its playbooks (MOLECULE_* and ANSIBLE_CONFIG).
 """
@@ -58,6 +61,8 @@ def state(host: str) -> dict[str, str]:
         if pid not in ("", "0") else "",
         "started": x(host, "systemctl show -P ExecMainStartTimestampMonotonic firezone-gateway.service"),
         "active": x(host, "systemctl is-active firezone-gateway.service"),
+        "env_sha256": x(host, "sha256sum /etc/firezone/gateway-env | cut -d' ' -f1"),
+        "unit_sha256": x(host, "sha256sum /etc/systemd/system/firezone-gateway.service | cut -d' ' -f1"),
     }
 
 
@@ -122,6 +127,8 @@ def main() -> int:
             fail(f"{h} does not run {up1}: {a}")
         if a["id"] != b["id"] or a["token_sha256"] != b["token_sha256"]:
             fail(f"{h} lost its FIREZONE_ID or token: {b} -> {a}")
+        if a["unit_sha256"] != b["unit_sha256"]:
+            fail(f"{h}: the upgrade rewrote the unit file (it must not name the version)")
     if batches != 2:
         fail(f"expected 2 batches (serial=2, 3 hosts), saw {batches} 'Roll out' plays")
     first, second = [int(after[h]["started"]) for h in HOSTS[:2]], int(after[HOSTS[2]]["started"])
@@ -149,6 +156,9 @@ def main() -> int:
         and up2 in final[HOSTS[0]]["running"],
         f"{HOSTS[1]} rolled back to {up1}": final[HOSTS[1]]["current"] == up1
         and up1 in final[HOSTS[1]]["running"],
+        f"{HOSTS[1]} has its env file from before the run back": final[HOSTS[1]]["env_sha256"]
+        == after[HOSTS[1]]["env_sha256"],
+        f"{HOSTS[1]} active after the rollback": final[HOSTS[1]]["active"] == "active",
         f"{HOSTS[2]} untouched": final[HOSTS[2]] == after[HOSTS[2]],
         "IDs kept": all(final[h]["id"] == before[h]["id"] for h in HOSTS),
     }
@@ -156,6 +166,16 @@ def main() -> int:
         say(f"   {'ok  ' if ok else 'FAIL'} {what}")
     if not all(checks.values()):
         fail("the broken-host rollout did not behave")
+
+    say(f"== 4. {HOSTS[1]} again at the old pin {up1}: no change, no restart")
+    rc, out = site("old-pin", "--limit", HOSTS[1], "-e", f"firezone_gateway_version={up1}",
+                   "-e", f"firezone_gateway_wheelhouse_dir={wheelhouse(up1)}")
+    again = state(HOSTS[1])
+    recap = re.search(rf"{HOSTS[1]}\s+: ok=\d+\s+changed=(\d+)", out)
+    if rc != 0 or recap is None or recap.group(1) != "0" or again != final[HOSTS[1]]:
+        fail(f"the run at the old pin changed {HOSTS[1]} (rc={rc}, changed={recap and recap.group(1)}): "
+             f"{final[HOSTS[1]]} -> {again}")
+    say("   changed=0, same unit, same process")
     say("fleet behaviour verified")
     return 0
 

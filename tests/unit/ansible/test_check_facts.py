@@ -22,6 +22,7 @@ _spec.loader.exec_module(checker)
 _FILES = [
     "gateway_pkg/__init__.py",
     "gateway_pkg/netconst.py",
+    "gateway_pkg/settings.py",
     "scripts/container_demo.py",
     *(str(p.relative_to(REPO)) for p in REPO.glob("molecule/*/molecule.yml")),
     *(str(p.relative_to(REPO)) for p in REPO.glob("tools/smoke_*.sh")),
@@ -34,6 +35,10 @@ def tree(tmp_path: Path) -> Path:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / rel, tmp_path / rel)
     shutil.copytree(REPO / "roles" / "firezone_gateway", tmp_path / "roles" / "firezone_gateway")
+    # The settings rules as the copy's table wants them, so that each test sees only its own
+    # tampering (test_the_repository_agrees catches a stale file in the repository).
+    rules = tmp_path / "roles/firezone_gateway/vars/settings_rules.yml"
+    rules.write_text(checker._rules_tool().generate(tmp_path)[0])
     return tmp_path
 
 
@@ -46,7 +51,8 @@ def edit(path: Path, old: str, new: str) -> None:
 def test_the_repository_agrees() -> None:
     done = subprocess.run([sys.executable, str(_TOOL)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.strip() == "role, Molecule, smoke and demo facts agree with gateway_pkg/netconst.py"
+    assert done.stdout.strip() == ("role, Molecule, smoke and demo facts agree with gateway_pkg/netconst.py; "
+                                   "the role's settings rules with gateway_pkg/settings.py")
 
 
 def test_an_untouched_copy_agrees(tree: Path) -> None:
@@ -123,3 +129,16 @@ def test_the_demo_must_import_the_sysctls(tree: Path) -> None:
         "scripts/container_demo.py: --sysctl net.ipv4.ip_forward=1 written out; build it from "
         "gateway_pkg.netconst SYSCTLS",
     ]
+
+
+def test_the_settings_rules_follow_the_settings_table(tree: Path) -> None:
+    # A new log level in the table makes the generated rules stale, and the check says so.
+    edit(tree / "gateway_pkg/settings.py", 'LOG_LEVELS = ("trace", "debug", "info", "warn", "error")',
+         'LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "fatal")')
+    assert checker.check(tree) == [
+        "roles/firezone_gateway/vars/settings_rules.yml is out of date: run tools/gen_role_validation.py"]
+    # So does a hand edit of the generated file.
+    edit(tree / "gateway_pkg/settings.py", ', "fatal")', ")")
+    edit(tree / "roles/firezone_gateway/vars/settings_rules.yml", "must be human or json", "must be human")
+    assert checker.check(tree) == [
+        "roles/firezone_gateway/vars/settings_rules.yml is out of date: run tools/gen_role_validation.py"]

@@ -55,4 +55,27 @@ def test_an_explicit_document_still_works(roles: Path, tmp_path: Path) -> None:
     assert gen.main(["--doc", str(doc), "--roles", str(roles)]) == 0
     text = doc.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n")
-    assert "| `firezone_gateway_token` | str | **required** |" in text
+    assert "| `firezone_gateway_token` | str | `\"\"` | main | Required. Gateway token" in text
+    # The rules tables are filled only where their markers are.
+    assert "GENERATED RULES" not in text
+
+
+def test_the_rules_tables_come_from_the_generated_rules(roles: Path) -> None:
+    readme = roles / "firezone_gateway" / "README.md"
+    text = readme.read_text()
+    assert "| `firezone_gateway_log_level` | `RUST_LOG` | must be a log level (trace, debug, info, warn" in text
+    assert "| `FIREZONE_UDP_PORT` | must be a port number 0-65535 |" in text
+    # Names the role writes from its own variables are not offered to extra_env.
+    assert "\n| `RUST_LOG` |" not in text
+    rules = roles / "firezone_gateway" / "vars" / "settings_rules.yml"
+    rules.write_text(rules.read_text().replace("must be a port number 0-65535", "must be a port"))
+    assert gen.main(["--check", "--roles", str(roles)]) == 1
+    assert gen.main(["--roles", str(roles)]) == 0
+    assert "| `FIREZONE_UDP_PORT` | must be a port |" in readme.read_text()
+
+
+def test_the_role_readme_needs_the_rules_markers(roles: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = roles / "firezone_gateway" / "README.md"
+    readme.write_text(readme.read_text().replace("<!-- BEGIN GENERATED RULES: firezone_gateway -->\n", ""))
+    assert gen.main(["--check", "--roles", str(roles)]) == 1
+    assert "markers for firezone_gateway not found" in capsys.readouterr().err
