@@ -276,7 +276,8 @@ class Traversal:
         result: list[tuple[bytes, tuple[object, ...]]] = []
         routes = self.routes
         for data, endpoint in datagrams:
-            via = routes.get(normalise(endpoint)) if routes else None
+            peer = normalise(endpoint)
+            via = routes.get(peer) if routes else None
             if via is None:
                 result.append((data, endpoint))
                 continue
@@ -284,7 +285,6 @@ class Traversal:
             if entry is None or entry.client is None:
                 self.dropped["relay_gone"] += 1
                 continue
-            peer = normalise(endpoint)
             channel = entry.client.channel_for(peer)
             if channel is not None:
                 result.append((stun.encode_channel_data(channel, data), entry.server))
