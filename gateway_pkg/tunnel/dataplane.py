@@ -33,7 +33,14 @@ from gateway_pkg.dns.base import DnsResolver, IPAddress
 from gateway_pkg.dns.tunserver import TunDnsServer
 from gateway_pkg.errors import GatewayError, RuntimeFailure
 from gateway_pkg.ice.agent import Credentials
-from gateway_pkg.ice.node import CandidatesForClient, ConnectionFailed, PathSelected, Traversal, normalise
+from gateway_pkg.ice.node import (
+    CandidatesForClient,
+    ConnectionFailed,
+    PathSelected,
+    Traversal,
+    normalise,
+    version_of,
+)
 from gateway_pkg.interfaces import PortalSender
 from gateway_pkg.portal import messages
 from gateway_pkg.tunnel import metrics, p2p_control
@@ -117,11 +124,9 @@ class TunnelDataPlane:
             raise
         self._tun_writer = BatchWriter("tun-writer", self._write_tun)
         self._udp_writer = BatchWriter("udp-writer", self._send_one)
-        ports = {sock.family: sock.getsockname()[1] for sock in self._sockets.values()}
+        ports = {6 if sock.family == socket.AF_INET6 else 4: sock.getsockname()[1] for sock in self._sockets.values()}
         hosts = await asyncio.to_thread(uplink_addresses)
-        self.traversal.set_host_addresses(
-            (ip, ports[socket.AF_INET6 if ":" in ip else socket.AF_INET]) for ip in hosts
-            if (socket.AF_INET6 if ":" in ip else socket.AF_INET) in ports)
+        self.traversal.set_host_addresses((ip, ports[version_of(ip)]) for ip in hosts if version_of(ip) in ports)
         log.info("ICE host candidates: %s", ", ".join(hosts) or "none (no uplink address found)")
         self._loop.add_reader(self.tun.fd, self._on_tun_readable)
         for sock in self._sockets.values():
