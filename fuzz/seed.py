@@ -35,7 +35,8 @@ def _packed(address: str) -> bytes:
 
 
 def _l4(src: str, dst: str, protocol: int, segment: bytearray, checksum_at: int | None) -> bytes:
-    from gateway_pkg.tunnel.packet import build_ipv4, build_ipv6, internet_checksum, pseudo_header_sum
+    from gateway_pkg.tunnel.checksum import internet_checksum, pseudo_header_sum
+    from gateway_pkg.tunnel.packet import build_ipv4, build_ipv6
 
     s, d = _packed(src), _packed(dst)
     if checksum_at is not None:

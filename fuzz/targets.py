@@ -404,12 +404,12 @@ def ip_packet(data: bytes) -> None:
     """`IpPacket` raises PacketError only; the header helpers agree with it where it parses
     (and return None only where it raises); the ICMP errors built about it parse."""
     from gateway_pkg.tunnel import icmp
+    from gateway_pkg.tunnel.checksum import internet_checksum
     from gateway_pkg.tunnel.packet import (
         IpPacket,
         PacketError,
         destination,
         fixed_header,
-        internet_checksum,
         total_length,
         version,
     )
@@ -435,6 +435,7 @@ def ip_packet(data: bytes) -> None:
 def _checksums_valid(packet: bytes | bytearray) -> bool | None:
     """Whether the IPv4 header checksum and the L4 checksum verify; None when not checkable
     (extension headers, fragments, other protocols, IPv4 UDP without checksum)."""
+    from gateway_pkg.tunnel.checksum import internet_checksum, pseudo_header_sum
     from gateway_pkg.tunnel.packet import (
         PROTO_ICMP,
         PROTO_ICMPV6,
@@ -442,8 +443,6 @@ def _checksums_valid(packet: bytes | bytearray) -> bool | None:
         PROTO_UDP,
         IpPacket,
         PacketError,
-        internet_checksum,
-        pseudo_header_sum,
     )
 
     try:

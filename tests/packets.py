@@ -13,6 +13,7 @@ import struct
 
 from gateway_pkg.resources import IPAddress
 from gateway_pkg.tunnel import packet as ip
+from gateway_pkg.tunnel.checksum import internet_checksum, pseudo_header_sum
 from gateway_pkg.tunnel.packet import (
     ICMPV4_ECHO_REPLY,
     ICMPV4_ECHO_REQUEST,
@@ -24,8 +25,6 @@ from gateway_pkg.tunnel.packet import (
     PROTO_UDP,
     TCP_SYN,
     IpPacket,
-    internet_checksum,
-    pseudo_header_sum,
 )
 
 AddressLike = str | bytes | IPAddress

@@ -21,6 +21,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from gateway_pkg.tunnel.checksum import internet_checksum, pseudo_header_sum
 from gateway_pkg.tunnel.packet import (
     ICMPV4_DEST_UNREACHABLE,
     ICMPV6_DEST_UNREACHABLE,
@@ -30,8 +31,6 @@ from gateway_pkg.tunnel.packet import (
     PacketError,
     build_ipv4,
     build_ipv6,
-    internet_checksum,
-    pseudo_header_sum,
 )
 
 ICMPV4_CODE_HOST_UNREACHABLE: Final = 1

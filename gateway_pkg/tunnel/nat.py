@@ -40,6 +40,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from gateway_pkg.resources import IPAddress
+from gateway_pkg.tunnel.checksum import adjust_delta, adjust_u16, internet_checksum, pseudo_header_sum
 from gateway_pkg.tunnel.packet import (
     DST_OFFSET,
     PROTO_ICMP,
@@ -49,11 +50,8 @@ from gateway_pkg.tunnel.packet import (
     SRC_OFFSET,
     TCP_RST,
     IpPacket,
-    checksum_adjust_u16,
     destination,
     fixed_header,
-    internet_checksum,
-    pseudo_header_sum,
 )
 
 TCP_TTL: Final = 2 * 60 * 60.0
@@ -96,15 +94,6 @@ _unpack_u16 = struct.Struct("!H").unpack_from
 _pack_u16 = struct.Struct("!H").pack_into
 
 
-def _adjust(checksum: int, delta: int) -> int:
-    """RFC 1624 eqn. 3 with the change given as (new - old) summed as integers."""
-    total = 0xFFFF - checksum + delta
-    s = total % 0xFFFF
-    if s == 0 and total != 0:
-        s = 0xFFFF
-    return 0xFFFF - s
-
-
 def _l4_checksum_offset(protocol: int, version: int) -> int | None:
     if protocol == PROTO_TCP:
         return 16
@@ -138,7 +127,7 @@ def _rewrite_address(
     if version == 4:
         at = ip_offset + 10
         (csum,) = _unpack_u16(buf, at)
-        _pack_u16(buf, at, _adjust(csum, delta))
+        _pack_u16(buf, at, adjust_delta(csum, delta))
     # ICMPv4 has no pseudo-header; TCP, UDP and ICMPv6 do.
     if protocol == PROTO_ICMP:
         return
@@ -149,7 +138,7 @@ def _rewrite_address(
     (csum,) = _unpack_u16(buf, at)
     if protocol == PROTO_UDP and version == 4 and csum == 0:
         return  # IPv4 UDP without a checksum stays without
-    csum = _adjust(csum, delta)
+    csum = adjust_delta(csum, delta)
     if protocol == PROTO_UDP and csum == 0:
         csum = 0xFFFF  # 0 would mean "no checksum"
     _pack_u16(buf, at, csum)
@@ -170,7 +159,7 @@ def _rewrite_u16(
     (csum,) = struct.unpack_from("!H", buf, at)
     if protocol == PROTO_UDP and version == 4 and csum == 0:
         return
-    csum = checksum_adjust_u16(csum, old, new)
+    csum = adjust_u16(csum, old, new)
     if protocol == PROTO_UDP and csum == 0:
         csum = 0xFFFF
     struct.pack_into("!H", buf, at, csum)

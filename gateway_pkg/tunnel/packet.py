@@ -1,4 +1,4 @@
-"""Minimal IPv4/IPv6 packet views, checksum helpers and the two IP builders.
+"""Minimal IPv4/IPv6 packet views and the two IP builders.
 
 This is the one IP-header parser of the gateway: the per-packet policy and NAT parse a
 whole `IpPacket`, while the hot paths that need a single field (the TUN read loop, the
@@ -22,8 +22,7 @@ Public API:
   (version, header length, protocol, for packets cut short such as ICMP error quotes).
   Wherever `IpPacket(buf)` succeeds they agree with it; where they return None it raises.
 - `SRC_OFFSET` / `DST_OFFSET`: where the addresses sit, by version, for in-place rewrites.
-- `internet_checksum(data, initial=0)`, `checksum_adjust(checksum, old, new)` (RFC 1624),
-  `checksum_adjust_u16`, `pseudo_header_sum(...)`.
+- Checksums are in `tunnel/checksum.py`.
 - `build_ipv4`, `build_ipv6`: wrap a payload in an IP header (ICMP errors, p2p control).
   Test packet builders live in `tests/packets.py`, outside the wheel.
 """
@@ -35,6 +34,7 @@ import struct
 from typing import Final
 
 from gateway_pkg.resources import IPAddress
+from gateway_pkg.tunnel.checksum import internet_checksum
 
 PROTO_ICMP: Final = 1
 PROTO_TCP: Final = 6
@@ -320,43 +320,6 @@ def fixed_header(buf: bytes | bytearray) -> tuple[int, int, int] | None:
         if v == 6 and n >= 40:
             return (6, 40, buf[6])
     return None
-
-
-# --- checksums --------------------------------------------------------------------------
-# The ones' complement sum of 16-bit words equals the big-endian integer of the data
-# modulo 0xFFFF (2**16 == 1 mod 0xFFFF), which CPython computes in C: much faster than a
-# Python loop over words.
-
-
-def _fold(total: int) -> int:
-    """Reduce a sum to a ones' complement 16-bit value (0 is represented as 0xFFFF)."""
-    s = total % 0xFFFF
-    return 0xFFFF if s == 0 and total != 0 else s
-
-
-def internet_checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
-    """RFC 1071 checksum of `data`, with `initial` (e.g. a pseudo-header sum) added in."""
-    if len(data) & 1:
-        data = bytes(data) + b"\x00"
-    s = _fold(int.from_bytes(data, "big") + initial)
-    return 0xFFFF - s if s else 0xFFFF
-
-
-def pseudo_header_sum(src: bytes, dst: bytes, protocol: int, length: int) -> int:
-    """The (unfolded) sum of the TCP/UDP/ICMPv6 pseudo-header for IPv4 or IPv6."""
-    return int.from_bytes(src, "big") + int.from_bytes(dst, "big") + protocol + length
-
-
-def checksum_adjust(checksum: int, old: bytes, new: bytes) -> int:
-    """RFC 1624 eqn. 3: the checksum after 16-bit-aligned bytes `old` became `new`."""
-    s = _fold((0xFFFF - checksum) - int.from_bytes(old, "big") + int.from_bytes(new, "big"))
-    return 0xFFFF - s
-
-
-def checksum_adjust_u16(checksum: int, old: int, new: int) -> int:
-    """RFC 1624 eqn. 3 for one 16-bit field (a port or an ICMP identifier)."""
-    s = _fold((0xFFFF - checksum) - old + new)
-    return 0xFFFF - s
 
 
 # --- builders ---------------------------------------------------------------------------

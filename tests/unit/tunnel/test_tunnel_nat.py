@@ -6,6 +6,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway_pkg.tunnel.checksum import internet_checksum
 from gateway_pkg.tunnel.nat import (
     PROXY_NET_V4,
     PROXY_NET_V6,
@@ -18,7 +19,6 @@ from gateway_pkg.tunnel.packet import (
     TCP_ACK,
     TCP_RST,
     IpPacket,
-    internet_checksum,
 )
 from tests.packets import (
     build_icmp,
