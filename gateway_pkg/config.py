@@ -71,6 +71,7 @@ class DataPlaneSettings:
     udp_port: int = settings.default("dataplane.udp_port")
     rekey_after_time: float | None = settings.default("dataplane.rekey_after_time")
     disabled: bool = settings.default("dataplane.disabled")
+    offloads: str = settings.default("dataplane.offloads")
 
     @property
     def timers(self) -> TimerConfig:

@@ -334,6 +334,10 @@ SETTINGS: tuple[Setting, ...] = (
        "to pick the fastest; it must resolve (NOERROR) through them.", group=DNS),
     _s("FIREZONE_UDP_PORT", "dataplane.udp_port", PORT, "52625",
        "WireGuard UDP port (IPv4 and IPv6); an ephemeral port when it is taken.", group=DATAPLANE),
+    _s("FIREZONE_OFFLOADS", "dataplane.offloads", _choice("auto", "no-uso", "off"), "auto",
+       "Kernel offloads of the packet path: auto (use each one the kernel offers: UDP GSO and GRO, "
+       "TUN checksum, TSO and USO), no-uso (as on Linux 6.1: no UDP segmentation on the TUN) or off "
+       "(one system call per packet, no virtio header).", group=DATAPLANE),
     _s("FIREZONE_ID_PATH", "id_path", PATH, "/var/lib/firezone/gateway_id",
        "File holding FIREZONE_ID when the variable is unset.", group=TESTING, advanced=True),
     _s("FIREZONE_MAX_RECONNECT_SECONDS", "portal.max_reconnect_elapsed", POSITIVE_SECONDS, "900",

@@ -26,11 +26,20 @@ HANDSHAKES = Counter("firezone_gateway_wireguard_handshakes", "Completed WireGua
 ACTIVE_PEERS = Gauge("firezone_gateway_active_peers", "Clients with at least one authorized resource")
 
 
+# The kernel offloads, each counted where a system call carried more than one packet.
+OFFLOADS = ("udp_gro", "udp_gso", "tun_tso", "tun_uso", "tun_gro_tcp", "tun_gro_udp")
+
+
 class Traffic:
-    __slots__ = ("bytes_in", "bytes_out", "packets_in", "packets_out")
+    """Plain integers on the packet path (a labelled Counter costs a lookup per packet),
+    turned into metrics when scraped."""
+
+    __slots__ = ("bytes_in", "bytes_out", "offload_calls", "offload_packets", "packets_in", "packets_out")
 
     def __init__(self) -> None:
         self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
+        self.offload_calls = dict.fromkeys(OFFLOADS, 0)  # system calls that carried several packets
+        self.offload_packets = dict.fromkeys(OFFLOADS, 0)  # the packets they carried
 
 
 TRAFFIC = Traffic()
@@ -46,6 +55,18 @@ class _TrafficCollector(Collector):
         volume.add_metric(["in"], TRAFFIC.bytes_in)
         volume.add_metric(["out"], TRAFFIC.bytes_out)
         yield volume
+        calls = CounterMetricFamily("firezone_gateway_offload_calls",
+                                    "System calls that carried several packets, by kernel offload: "
+                                    "udp_gro receive, udp_gso send, tun_tso/tun_uso read (TCP/UDP), "
+                                    "tun_gro_tcp/tun_gro_udp write",
+                                    labels=["offload"])
+        carried = CounterMetricFamily("firezone_gateway_offload_packets",
+                                      "Packets carried by those system calls, by kernel offload", labels=["offload"])
+        for name in OFFLOADS:
+            calls.add_metric([name], TRAFFIC.offload_calls[name])
+            carried.add_metric([name], TRAFFIC.offload_packets[name])
+        yield calls
+        yield carried
 
 
 class TraversalView(Protocol):

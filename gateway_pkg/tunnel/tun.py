@@ -34,8 +34,12 @@ from gateway_pkg.netconst import (
 log = logging.getLogger("gateway_pkg.tunnel.tun")
 
 _TUNSETIFF = 0x400454CA
+_TUNSETOFFLOAD = 0x400454D0
 _IFF_TUN = 0x0001
 _IFF_NO_PI = 0x1000
+_IFF_VNET_HDR = 0x4000
+# <linux/if_tun.h> TUN_F_*: what the kernel may hand us unfinished (and accept from us).
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6 = 0x01, 0x02, 0x04, 0x20, 0x40
 _FIB_RULE_INVERT = 0x2
 _SIOCGIFFLAGS = 0x8913
 _IFF_UP = 0x1
@@ -54,9 +58,15 @@ class TunDevice:
     `close` must be called off the asyncio loop's thread (the data plane uses to_thread).
     """
 
-    def __init__(self, name: str = TUN_NAME) -> None:
+    def __init__(self, name: str = TUN_NAME, offloads: str = "off") -> None:
         self.name = name
         self.fd = -1
+        self.offloads = offloads  # the FIREZONE_OFFLOADS mode asked for: auto, no-uso, off
+        # After open: every read and write carries a virtio_net_hdr (tunnel.offload) ...
+        self.vnet_hdr = False
+        # ... and the kernel may hand us TCP (tso) / UDP (uso) super-packets and take them back.
+        self.tso = False
+        self.uso = False
         self.index = 0
         self._addresses: list[tuple[str, int]] = []
         self._rules_added = False
@@ -71,12 +81,16 @@ class TunDevice:
             fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise _capability_hint(f"cannot open {TUN_PATH}", exc) from None
+        flags = _IFF_TUN | _IFF_NO_PI | (_IFF_VNET_HDR if self.offloads != "off" else 0)
         try:
-            fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", self.name.encode(), _IFF_TUN | _IFF_NO_PI))
+            fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", self.name.encode(), flags))
         except OSError as exc:
             os.close(fd)
             raise _capability_hint(f"cannot create TUN device {self.name}", exc) from None
         self.fd = fd
+        self.vnet_hdr = bool(flags & _IFF_VNET_HDR)
+        if self.vnet_hdr:
+            self._negotiate_offloads()
         try:
             with IPRoute() as ipr:
                 self.index = ipr.link_lookup(ifname=self.name)[0]
@@ -89,6 +103,27 @@ class TunDevice:
             self.close()
             raise RuntimeFailure(f"cannot configure {self.name}: {exc}") from None
         log.info("Created TUN device %s", self.name)
+
+    def _negotiate_offloads(self) -> None:
+        """Ask for checksum, TSO and USO; a kernel without USO (before 6.2) refuses the whole set,
+        so ask again without it. Keeps the virtio header even with none, which costs nothing."""
+        tso = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+        attempts = ([tso | TUN_F_USO4 | TUN_F_USO6] if self.offloads == "auto" else []) + [tso, 0]
+        for wanted in attempts:
+            try:
+                fcntl.ioctl(self.fd, _TUNSETOFFLOAD, wanted)
+            except OSError as exc:
+                log.debug("TUNSETOFFLOAD 0x%x refused: %s", wanted, exc.strerror or exc)
+                continue
+            self.tso = bool(wanted & TUN_F_TSO4)
+            self.uso = bool(wanted & TUN_F_USO4)
+            return
+
+    def describe_offloads(self) -> str:
+        if not self.vnet_hdr:
+            return "none"
+        return ", ".join(name for name, on in (("virtio header", True), ("checksum", self.tso),
+                                               ("TSO", self.tso), ("USO", self.uso)) if on)
 
     def set_addresses(self, ipv4: ipaddress.IPv4Address, ipv6: ipaddress.IPv6Address) -> None:
         """Replace the device's addresses with the portal's /32 and /128, bring it up, route."""
@@ -155,3 +190,4 @@ class TunDevice:
             # Closing the fd removes the (non-persistent) device and its routes with it.
             os.close(self.fd)
             self.fd = -1
+            self.vnet_hdr = self.tso = self.uso = False

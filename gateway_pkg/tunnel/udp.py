@@ -11,7 +11,10 @@ fragment at the source to the path MTU, learned from ICMPv6 Packet Too Big, and 
 
 Measured here (docs/dataplane.md): asyncio's DatagramProtocol handled only 26-38 kpps and
 dropped most packets, while `add_reader` draining many `recvfrom_into` per wakeup handled
-180-200 kpps; so the data plane reads these sockets itself in batches.
+180-200 kpps; so the data plane reads these sockets itself in batches. With the kernel's UDP
+offloads (FIREZONE_OFFLOADS, on by default) one receive returns a sender's run of datagrams
+(UDP_GRO; `gro_segment_size` says how to split it) and one send carries a run of equal-sized
+datagrams to one endpoint (UDP_SEGMENT; `gso_runs` finds the runs).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import ipaddress
 import logging
 import socket
 import struct
+import sys
 
 from gateway_pkg.errors import RuntimeFailure
 from gateway_pkg.netconst import DEFAULT_UDP_PORT, FIREZONE_MARK, TUN_MTU, TUN_NAME
@@ -37,6 +41,13 @@ IP_PMTUDISC_DONT = 0
 IPV6_MTU_DISCOVER = 23
 IPV6_PMTUDISC_DONT = 0
 IPV6_DONTFRAG = getattr(socket, "IPV6_DONTFRAG", 62)
+# <linux/udp.h>: segmentation offload on send (GSO) and coalescing on receive (GRO).
+SOL_UDP = getattr(socket, "SOL_UDP", 17)
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
+UDP_GRO = getattr(socket, "UDP_GRO", 104)
+GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS
+GSO_MAX_BYTES = 65000  # below the largest UDP payload of either family
+GRO_CMSG_SPACE = socket.CMSG_SPACE(4)  # one int: the segment size
 RECV_BUFFER = 128 * 1024 * 1024
 SEND_BUFFER = 16 * 1024 * 1024
 
@@ -69,6 +80,61 @@ def allow_fragmentation(sock: socket.socket) -> None:
             log.warning("Cannot set %s on the UDP socket (%s): outer datagrams may be dropped on paths "
                         "narrower than %d bytes", name, exc.strerror or exc,
                         TUN_MTU + (80 if sock.family == socket.AF_INET6 else 60))  # IP, UDP, WireGuard
+
+
+def enable_gro(sock: socket.socket) -> bool:
+    """Let the kernel hand over a run of datagrams of one sender (sent with GSO, or merged by
+    the NIC's GRO) as one buffer, with the segment size in a control message."""
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    return True
+
+
+def gso_supported(sock: socket.socket) -> bool:
+    """Whether the kernel knows UDP_SEGMENT (Linux 4.18+); a send may still refuse it per route."""
+    try:
+        sock.getsockopt(SOL_UDP, UDP_SEGMENT)
+    except OSError:
+        return False
+    return True
+
+
+def gro_segment_size(ancdata: list[tuple[int, int, bytes]], size: int) -> int:
+    """The segment size of a buffer received with GRO on: from its control message, else the
+    whole buffer is one datagram."""
+    for level, kind, data in ancdata:
+        if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
+            segment = int.from_bytes(data[:4], sys.byteorder)
+            if segment > 0:
+                return segment
+    return size
+
+
+def gso_runs(batch: list[tuple[bytes, tuple[str, int]]]) -> list[tuple[tuple[str, int], int, list[bytes]]]:
+    """Split a batch of (datagram, endpoint), in order, into runs for one GSO send each:
+    consecutive datagrams to one endpoint, all of the first one's size except a shorter last,
+    at most GSO_MAX_SEGMENTS and GSO_MAX_BYTES. Returns (endpoint, segment size, datagrams)."""
+    runs: list[tuple[tuple[str, int], int, list[bytes]]] = []
+    current: list[bytes] = []
+    endpoint: tuple[str, int] = ("", 0)
+    segment = total = 0
+    open_run = False
+    for data, destination in batch:
+        size = len(data)
+        if (open_run and destination == endpoint and size <= segment and len(current) < GSO_MAX_SEGMENTS
+                and total + size <= GSO_MAX_BYTES):
+            current.append(data)
+            total += size
+            open_run = size == segment  # a shorter datagram ends the run
+            continue
+        if current:
+            runs.append((endpoint, segment, current))
+        current, endpoint, segment, total, open_run = [data], destination, size, size, True
+    if current:
+        runs.append((endpoint, segment, current))
+    return runs
 
 
 def _bind(family: int, port: int) -> socket.socket:

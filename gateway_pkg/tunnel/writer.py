@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger("gateway_pkg.tunnel.writer")
 
@@ -26,8 +26,13 @@ INLINE_MAX = 2
 
 
 class BatchWriter(Generic[Item]):
-    def __init__(self, name: str, write: Callable[[Item], None]) -> None:
+    """`write` is called once per item of a batch, after `prepare` (if given) has turned the
+    batch into the writes to make (e.g. coalesced into fewer, larger ones), on the same thread."""
+
+    def __init__(self, name: str, write: Callable[[Any], None],
+                 prepare: Callable[[list[Item]], Iterable[Any]] | None = None) -> None:
         self._write = write
+        self._prepare = prepare
         self._queue: queue.SimpleQueue[list[Item] | object] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._pending = 0  # batches queued or being written by the worker
@@ -48,7 +53,15 @@ class BatchWriter(Generic[Item]):
 
     def _write_all(self, batch: list[Item]) -> None:
         write = self._write
-        for item in batch:
+        items: Iterable[Any] = batch
+        if self._prepare is not None:
+            try:
+                items = self._prepare(batch)
+            except Exception:  # a bug must not stop the writer; the batch cannot be written as is
+                log.exception("Preparing a batch failed in %s; %d packet(s) dropped", self._thread.name,
+                              len(batch))
+                return
+        for item in items:
             try:
                 write(item)
             except Exception:  # the writer must outlive one bad packet

@@ -29,6 +29,7 @@ from gateway_pkg.tunnel.udp import (
     IPV6_PMTUDISC_DONT,
     allow_fragmentation,
 )
+from tests import transfer
 from tests.netlab import NetLab, sh
 from tests.procs import VENV_BIN, base_env, wait_for
 
@@ -90,56 +91,6 @@ def test_the_kernels_fragmentation_counters_by_family_and_reason():
 
 # --- in the lab ------------------------------------------------------------------------------
 
-# A TCP peer for whole transfers: `up N` reads N bytes and answers their SHA-256; `down N`
-# sends N bytes (seeded, so the client knows their SHA-256) and closes.
-TRANSFER_SERVER = r"""
-import hashlib, random, socket, sys, threading
-def serve(conn):
-    with conn:
-        line = conn.makefile("rb").readline().split()
-        verb, size = line[0], int(line[1])
-        if verb == b"up":
-            digest, left = hashlib.sha256(), size
-            while left:
-                chunk = conn.recv(min(left, 65536))
-                if not chunk:
-                    break
-                digest.update(chunk)
-                left -= len(chunk)
-            conn.sendall(digest.hexdigest().encode() + b"\n")
-        else:
-            data = random.Random(size).randbytes(size)
-            conn.sendall(data)
-listener = socket.create_server((sys.argv[1], int(sys.argv[2])))
-print("ready", flush=True)
-while True:
-    conn, _ = listener.accept()
-    threading.Thread(target=serve, args=(conn,), daemon=True).start()
-"""
-
-TRANSFER_CLIENT = r"""
-import hashlib, json, random, socket, sys, time
-server, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-expected = hashlib.sha256(random.Random(size).randbytes(size)).hexdigest()
-result = {}
-for verb in ("up", "down"):
-    started = time.monotonic()
-    with socket.create_connection((server, port), timeout=10) as conn:
-        conn.sendall(f"{verb} {size}\n".encode())
-        if verb == "up":
-            conn.sendall(random.Random(size).randbytes(size))
-            got = conn.makefile("rb").readline().strip().decode()
-            received = size
-        else:
-            digest, received = hashlib.sha256(), 0
-            while chunk := conn.recv(65536):
-                digest.update(chunk)
-                received += len(chunk)
-            got = digest.hexdigest()
-    result[verb] = {"whole": got == expected, "bytes": received, "seconds": round(time.monotonic() - started, 2)}
-print(json.dumps(result))
-"""
-
 ECHO = r"""
 import socket, sys
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # stock options: DF while it fits the route
@@ -178,21 +129,16 @@ print(json.dumps({"echoed": echoed, "tries": tries}))
 
 
 def serve_resource(lab) -> None:
-    python = str(VENV_BIN / "python")
-    tcp = lab.net.spawn("resource", [python, "-c", TRANSFER_SERVER, NetLab.RESOURCE, str(TCP_PORT)], base_env(),
-                        "tcp-transfer")
-    echo = lab.net.spawn("resource", [python, "-c", ECHO, NetLab.RESOURCE, str(ECHO_PORT)], base_env(), "udp-echo")
-    wait_for(lambda: "ready" in tcp.output() and "ready" in echo.output(), 10,
-             "the TCP transfer server and the UDP echo in the resource namespace")
+    transfer.serve(lab, TCP_PORT)
+    echo = lab.net.spawn("resource", [str(VENV_BIN / "python"), "-c", ECHO, NetLab.RESOURCE, str(ECHO_PORT)],
+                         base_env(), "udp-echo")
+    wait_for(lambda: "ready" in echo.output(), 10, "the UDP echo in the resource namespace")
 
 
 def check_traffic_both_ways(lab) -> None:
     # TCP: 8 MiB up and 8 MiB down, each checked whole by its SHA-256 (a socket timeout of 10 s
     # turns a black hole into a failure instead of a hang).
-    code, out = lab.client_sh(str(VENV_BIN / "python"), "-c", TRANSFER_CLIENT, NetLab.RESOURCE, str(TCP_PORT),
-                              str(TRANSFER), timeout=120)
-    assert code == 0, out
-    transfers = json.loads(out.strip().splitlines()[-1])
+    transfers = transfer.transfer(lab, NetLab.RESOURCE, TCP_PORT, TRANSFER, timeout=120)
     assert transfers["up"]["whole"] and transfers["down"]["whole"], transfers
     assert transfers["down"]["bytes"] == TRANSFER, transfers
     # UDP: 20 datagrams of 1400 bytes out and back, larger than the tunnel's 1280.

@@ -42,3 +42,27 @@ def test_a_failing_write_does_not_stop_the_worker():
     writer.submit([1, 2, 3, 4])
     writer.close()
     assert written == [1, 3, 4]
+
+
+def test_prepare_turns_each_batch_into_the_writes_in_order():
+    written = []
+    writer = BatchWriter("test-writer", written.append, lambda batch: ["+".join(batch)])
+    writer.submit(["a", "b", "c"])
+    writer.submit(["d"])
+    writer.close()
+    assert written == ["a+b+c", "d"]
+
+
+def test_a_failing_prepare_drops_that_batch_only():
+    written = []
+
+    def prepare(batch):
+        if "bad" in batch:
+            raise ValueError("bug")
+        return batch
+
+    writer = BatchWriter("test-writer", written.append, prepare)
+    writer.submit(["x", "bad", "y"])
+    writer.submit(["z"])
+    writer.close()
+    assert written == ["z"]
