@@ -59,8 +59,11 @@ from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for path in (ROOT, ROOT / "bench"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from common import LoadGate, cpu_seconds, highest_rate, loadavg, parse_ping  # noqa: E402
 
 # tests.iceclient (aioice) is imported where it is used, so a venv without aioice gets the
 # one-line message of cannot_run() instead of a traceback.
@@ -82,8 +85,6 @@ FIXED_MBPS = 25.0  # a UDP rate every path carries: CPU per GB at the same load
 PING_COUNT = 50
 PING_INTERVAL = 0.05
 SETUP_PING_INTERVAL = 0.002  # root may ping this fast: 2 ms is the resolution of (a)'s set-up
-LOAD_LIMIT = 0.5
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROLES = ("gateway", "shim", "relay", "client wg-go")
 
 
@@ -99,11 +100,6 @@ def cannot_run() -> str | None:
     except ImportError:
         return "aioice is not installed in the venv (run `make venv`)"
     return None
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -316,14 +312,13 @@ class Throughput:
     def ping(self, sc: Scenario) -> None:
         done = sc.site.client_run(["ping", "-n", "-q", "-c", str(PING_COUNT), "-i", str(PING_INTERVAL), "-I", sc.src,
                                    sc.site.net.RESOURCE], timeout=PING_COUNT * PING_INTERVAL + 15)
-        match = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms", done.stdout)
-        lost = re.search(r"([\d.]+)% packet loss", done.stdout)
-        if match is None:
+        ping = parse_ping(done.stdout)
+        if ping is None:
             print(f"  ({sc.key}) ping failed: {done.stdout.strip()} {done.stderr.strip()}", flush=True)
             return
-        sc.add("ping_ms", float(match.group(2)))
-        print(f"  ({sc.key}) ping avg {match.group(2)} ms (min {match.group(1)}, max {match.group(3)}, "
-              f"loss {lost.group(1) if lost else '?'} %)", flush=True)
+        sc.add("ping_ms", ping.avg_ms)
+        print(f"  ({sc.key}) ping avg {ping.avg_ms:.3f} ms (min {ping.min_ms:.3f}, max {ping.max_ms:.3f}, "
+              f"loss {ping.loss} %)", flush=True)
 
     def tcp(self, sc: Scenario, reverse: bool) -> None:
         name = "down" if reverse else "up"
@@ -352,42 +347,16 @@ class Throughput:
     def udp(self, sc: Scenario) -> None:
         """From UDP_START_MBPS: double while loss <= 1 % (or halve until it is), then bisect."""
         trace: list[str] = []
+        received: dict[float, float] = {}  # rate -> Mbit/s received
 
-        def trial(rate: float) -> tuple[bool, float]:
+        def trial(rate: float) -> bool:
             loss, rx = self.udp_trial(sc, rate)
             trace.append(f"{rate:.0f}:{loss:.1f}%")
-            return loss <= UDP_MAX_LOSS, rx * (1 - loss / 100)
+            received[rate] = rx * (1 - loss / 100)
+            return loss <= UDP_MAX_LOSS
 
-        best, best_rx, fail = 0.0, 0.0, None
-        rate = UDP_START_MBPS
-        passed, rx = trial(rate)
-        if passed:
-            best, best_rx = rate, rx
-            while rate * 2 <= UDP_MAX_MBPS:
-                rate *= 2
-                passed, rx = trial(rate)
-                if not passed:
-                    fail = rate
-                    break
-                best, best_rx = rate, rx
-        else:
-            fail = rate
-            while rate / 2 >= UDP_MIN_MBPS:
-                rate /= 2
-                passed, rx = trial(rate)
-                if passed:
-                    best, best_rx = rate, rx
-                    break
-                fail = rate
-        if fail is not None and best:
-            low, high = best, fail
-            for _ in range(self.bisect_steps):
-                mid = (low + high) / 2
-                passed, rx = trial(mid)
-                if passed:
-                    low, best, best_rx = mid, mid, rx
-                else:
-                    high = mid
+        best = highest_rate(trial, UDP_START_MBPS, UDP_MAX_MBPS, UDP_MIN_MBPS, self.bisect_steps)
+        best_rx = received[best] if best else 0.0
         sc.add("udp_mbps", best)
         sc.add("udp_kpps", best_rx * 1e6 / ((UDP_LEN + 28) * 8) / 1e3)
         print(f"  ({sc.key}) UDP <=1% loss at {best:.0f} Mbit/s offered  ({' '.join(trace)})", flush=True)
@@ -662,11 +631,6 @@ def print_setups(runners: list[SetupRunner], ratios: bool, warning: str) -> None
     print("ICE = from the POST to aioice's nomination (its gathering, with a TURN Allocate, included).")
 
 
-def loadavg() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, help="iperf3 TCP duration per run (default 5, --quick 2)")
@@ -685,17 +649,8 @@ def main() -> int:
     order = ["a", "b", "c"] if args.quick and not args.rounds else ["a", "b", "c", "c", "b", "a"] * (args.rounds or 1)
     bisect_steps = 1 if args.quick else 3
 
-    start_load = os.getloadavg()[0]
+    gate = LoadGate.now(args.force)
     print(f"load average at start: {loadavg()}; {os.cpu_count()} CPUs", flush=True)
-    busy = start_load > LOAD_LIMIT
-    ratios = not busy or args.force
-    if busy and args.force:
-        warning = (f"WARNING: 1-minute load {start_load:.2f} > {LOAD_LIMIT} at the start (--force): "
-                   f"ratios taken under load, no claim from them")
-    elif busy:
-        warning = f"ratios withheld: 1-minute load {start_load:.2f} > {LOAD_LIMIT} at the start (--force prints them)"
-    else:
-        warning = f"load {start_load:.2f} at the start"
 
     def interrupted(signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -753,10 +708,10 @@ def main() -> int:
             for runner in runners:
                 runner.stop()
 
-        print(f"\nload average at the end: {loadavg()} (at the start: {start_load:.2f})")
-        print_throughput(bench, ratios, warning, flagged=busy and args.force)
+        print(f"\nload average at the end: {loadavg()} (at the start: {gate.start:.2f})")
+        print_throughput(bench, gate.ratios, gate.warning, flagged=gate.flagged)
         if runners:
-            print_setups(runners, ratios, warning)
+            print_setups(runners, gate.ratios, gate.warning)
         ok = True
     except KeyboardInterrupt as exc:
         print(f"bench_ice: interrupted ({exc or 'SIGINT'}); cleaning up", file=sys.stderr)
