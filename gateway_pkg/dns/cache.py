@@ -43,26 +43,27 @@ class RecordCache:
         self.max_ttl = max_ttl
         self.max_stale_age = max_stale_age
         self.evictions = 0
-        self._entries: OrderedDict[CacheKey, CacheEntry] = OrderedDict()
+        # Read directly by the resolver's hot path; changed only through the methods below.
+        self.entries: OrderedDict[CacheKey, CacheEntry] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.entries)
 
     def clamp(self, ttl: float) -> float:
         return min(max(ttl, self.min_ttl), self.max_ttl)
 
     def get(self, key: CacheKey) -> CacheEntry | None:
         """The entry, fresh or not (the caller decides), marked most recently used."""
-        entry = self._entries.get(key)
+        entry = self.entries.get(key)
         if entry is not None:
-            self._entries.move_to_end(key)
+            self.entries.move_to_end(key)
         return entry
 
     def peek(self, key: CacheKey) -> CacheEntry | None:
-        return self._entries.get(key)
+        return self.entries.get(key)
 
     def remove(self, key: CacheKey) -> None:
-        self._entries.pop(key, None)
+        self.entries.pop(key, None)
 
     def store_positive(self, key: CacheKey, addresses: tuple[IPAddress, ...], ttl: float, now: float) -> CacheEntry:
         applied = self.clamp(ttl)
@@ -84,14 +85,14 @@ class RecordCache:
 
     def clear_rechecks(self) -> None:
         """Lift every failure recheck timer (the servers answer again: refresh at once)."""
-        for entry in self._entries.values():
+        for entry in self.entries.values():
             entry.retry_after = float("-inf")
 
     def _put(self, key: CacheKey, entry: CacheEntry) -> None:
-        self._entries[key] = entry
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+        self.entries[key] = entry
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
             self.evictions += 1
 
 

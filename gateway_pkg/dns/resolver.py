@@ -7,7 +7,8 @@ and forth costs no warm-up beyond what each path would need anyway.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from gateway_pkg.dns.base import DnsResolver, IPAddress, ResolveError
 from gateway_pkg.dns.flags import FeatureFlags
@@ -26,10 +27,14 @@ class FlaggedResolver:
         self.userspace = userspace
         self.legacy = legacy
 
-    async def resolve(self, name: str) -> list[IPAddress]:
+    def resolve(self, name: str) -> Coroutine[Any, Any, list[IPAddress]]:
+        """The chosen path's resolve(name), to be awaited (DnsResolver.resolve).
+
+        A plain method handing back the path's coroutine rather than one more coroutine
+        awaiting it: a frame less on every cache hit. The flag is read when called."""
         if self.flags.gateway_userspace_dns_a_aaaa_records():
-            return await self.userspace.resolve(name)
-        return await self.legacy.resolve(name)
+            return self.userspace.resolve(name)
+        return self.legacy.resolve(name)
 
 
 def build_resolver(

@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Callable
+from functools import partial
 from typing import Literal
 
 import dns.exception
@@ -27,7 +29,7 @@ from gateway_pkg.dns.answer import Positive
 from gateway_pkg.dns.base import IPAddress, ResolveError
 from gateway_pkg.dns.cache import CacheEntry, CacheKey, RecordCache, plan
 from gateway_pkg.dns.health import UpstreamHealth
-from gateway_pkg.dns.metrics import PathStats
+from gateway_pkg.dns.metrics import LATENCY_BUCKETS, PathStats
 from gateway_pkg.dns.settings import DnsSettings
 from gateway_pkg.dns.sysconf import HostsFile, load_resolv_conf
 from gateway_pkg.dns.upstream import SendQuery, Upstream, UpstreamError, send_udp_with_tcp_fallback
@@ -37,6 +39,9 @@ logger = logging.getLogger("gateway_pkg.dns")
 A = int(dns.rdatatype.A)
 AAAA = int(dns.rdatatype.AAAA)
 FAMILIES = (A, AAAA)
+_RDATATYPES = {A: dns.rdatatype.A, AAAA: dns.rdatatype.AAAA}
+_DEBUG = logging.DEBUG
+_perf_counter = time.perf_counter
 
 # RFC 8767 §5 recommendations.
 CLIENT_RESPONSE_TIMER = 1.8  # answer with stale data if the refresh takes longer
@@ -84,37 +89,44 @@ class UserspaceResolver:
         # FIREZONE_DNS_CACHE_SIZE counts names; each name holds an A and an AAAA entry.
         self.cache = RecordCache(2 * settings.cache_size, settings.min_ttl, settings.max_ttl, settings.max_stale_age)
         self.health = UpstreamHealth(failure_recheck_timer)
+        self._entries = self.cache.entries  # read directly on the hot path (resolve)
         self._stale_before_outage = 0
         self._inflight: dict[CacheKey, asyncio.Task[CacheEntry]] = {}
 
     async def resolve(self, name: str) -> list[IPAddress]:
-        started = time.perf_counter()
+        started = _perf_counter()
         key = name.lower()
         now = self._clock()
         if now >= self.hosts.next_check:
             self._check_hosts(now)
         # The hot path: both families fresh in the cache. Names in /etc/hosts never have
-        # cache entries (_check_hosts drops them), so no hosts lookup is needed here.
-        v4 = self.cache.get((key, A))
-        v6 = self.cache.get((key, AAAA))
-        if (
-            v4 is not None
-            and v6 is not None
-            and now < v4.expires
-            and now < v6.expires
-            and (v4.addresses or v6.addresses)
-        ):
-            stats = self._stats
-            stats.cache_hits += 1
-            if v4.negative or v6.negative:
-                stats.negative_hits += 1
-            stats.observe_latency(time.perf_counter() - started)
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug(
-                    "resolved %s on the userspace path from the cache, ttl %.1f s left",
-                    name, min(v4.expires, v6.expires) - now,
-                )  # fmt: skip
-            return [*v4.addresses, *v6.addresses]
+        # cache entries (_check_hosts drops them), so no hosts lookup is needed here. The
+        # cache's dict is read directly (no method calls, no objects but the two keys and
+        # the answer list); both entries are marked most recently used, A first, as
+        # RecordCache.get would.
+        entries = self._entries
+        k4 = (key, A)
+        v4 = entries.get(k4)
+        if v4 is not None and now < v4.expires:
+            k6 = (key, AAAA)
+            v6 = entries.get(k6)
+            if v6 is not None and now < v6.expires and (v4.addresses or v6.addresses):
+                entries.move_to_end(k4)
+                entries.move_to_end(k6)
+                stats = self._stats
+                stats.cache_hits += 1
+                if v4.negative or v6.negative:
+                    stats.negative_hits += 1
+                elapsed = _perf_counter() - started  # PathStats.observe_latency, inlined
+                stats.latency_buckets[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
+                stats.latency_count += 1
+                stats.latency_sum += elapsed
+                if logger.isEnabledFor(_DEBUG):
+                    logger.debug(
+                        "resolved %s on the userspace path from the cache, ttl %.1f s left",
+                        name, min(v4.expires, v6.expires) - now,
+                    )  # fmt: skip
+                return [*v4.addresses, *v6.addresses]
         return await self._resolve_slowly(name, key, started)
 
     def _check_hosts(self, now: float) -> None:
@@ -133,29 +145,55 @@ class UserspaceResolver:
             raise ResolveError(f"invalid domain name {name!r}: {error}") from None
         loop = asyncio.get_running_loop()
         begun = loop.time()
-        tasks = {rdtype: loop.create_task(self._lookup(key, rdtype)) for rdtype in FAMILIES}
+        # Each family is either answered at once (hosts, cache, stale) or waits on its
+        # upstream query, with the stale entry to fall back on when it is a refresh. No
+        # task per family: the resolution waits on the query tasks themselves. Those are
+        # never cancelled here; a family given up on keeps its query going, and the answer
+        # lands in the cache for the next resolution.
         results: dict[int, LookupResult] = {}
-        try:
-            while len(results) < len(tasks):
-                budget = wait_budget(
-                    loop.time() - begun, _has_addresses(results), family_wait=self._family_wait, limit=self._timeout
-                )
-                if budget <= 0:
-                    break
-                pending = [task for rdtype, task in tasks.items() if rdtype not in results]
-                done, _ = await asyncio.wait(pending, timeout=budget, return_when=asyncio.FIRST_COMPLETED)
-                for rdtype, task in tasks.items():
-                    if task in done:
-                        failure = task.exception()
-                        results[rdtype] = task.result() if failure is None else failure
-        finally:
-            # A family still unanswered is given up on here, not its upstream query: that
-            # is shielded, goes on, and lands in the cache for the next resolution.
-            for task in tasks.values():
-                task.cancel()
-        if len(results) < len(tasks) and not _has_addresses(results):
+        waiting: dict[int, tuple[asyncio.Task[CacheEntry], CacheEntry | None]] = {}
+        refreshing = False  # a refresh started in the background, its stale entry served
+        for rdtype in FAMILIES:
+            outcome = self._lookup(key, rdtype)
+            if isinstance(outcome, tuple):
+                results[rdtype] = outcome
+            elif outcome.serve_now:
+                assert outcome.stale is not None
+                results[rdtype] = outcome.stale, "stale"
+                refreshing = True
+            else:
+                waiting[rdtype] = (outcome.query, outcome.stale)
+        if refreshing and not waiting:
+            # Nothing to wait for, but one loop iteration: the background refresh is on its
+            # way upstream before the stale answer is returned.
+            await asyncio.sleep(0)
+        # A refresh is waited for up to the client response timer, then its stale entry
+        # is served (RFC 8767); the refresh goes on.
+        stale_at = begun + self._client_response_timer
+        while waiting:
+            clock = loop.time()
+            for rdtype, (query, stale) in list(waiting.items()):
+                if query.done():
+                    results[rdtype] = _settled(query, stale)
+                    del waiting[rdtype]
+                elif stale is not None and clock >= stale_at:
+                    results[rdtype] = self._stale_after_timer(key, rdtype, stale)
+                    del waiting[rdtype]
+            if not waiting:
+                break
+            budget = wait_budget(
+                clock - begun, _has_addresses(results), family_wait=self._family_wait, limit=self._timeout
+            )
+            if budget <= 0:
+                break
+            if any(stale is not None for _, stale in waiting.values()):
+                budget = min(budget, stale_at - clock)
+            await asyncio.wait(
+                [query for query, _ in waiting.values()], timeout=budget, return_when=asyncio.FIRST_COMPLETED
+            )
+        if waiting and not _has_addresses(results):
             self._stats.cache_misses += 1
-            self._stats.observe_latency(time.perf_counter() - started)
+            self._stats.observe_latency(_perf_counter() - started)
             raise ResolveError(f"resolving {name} timed out after {self._timeout:g} s")
         return self._combine(name, results, started)
 
@@ -217,7 +255,8 @@ class UserspaceResolver:
             raise ResolveError(f"cannot resolve {name}: {'; '.join(errors)}")
         raise ResolveError(f"{name} has no A or AAAA records", negative=True)
 
-    async def _lookup(self, key: str, rdtype: int) -> tuple[CacheEntry, Source]:
+    def _lookup(self, key: str, rdtype: int) -> tuple[CacheEntry, Source] | _Waiting:
+        """One family of a resolution: its answer, or the upstream query to wait for."""
         hosts = self.hosts.table
         from_hosts = (hosts.v4 if rdtype == A else hosts.v6).get(key.rstrip("."))
         if from_hosts:
@@ -229,35 +268,28 @@ class UserspaceResolver:
         if action == "query":
             if entry is not None:
                 self.cache.remove(cache_key)  # past the maximum stale age
-            return await asyncio.shield(self._start_query(cache_key)), "upstream"
+            return _Waiting(self._start_query(cache_key), None)
         assert entry is not None  # every other action serves or refreshes the entry
         if action == "fresh":
             return entry, "cache"
         if action == "stale":
             return entry, "stale"
         if action == "stale_and_refresh":
-            self._start_query(cache_key)
             entry.retry_after = now + self._failure_recheck_timer
-            return entry, "stale"
-        return await self._refresh_or_serve_stale(cache_key, entry)
+            return _Waiting(self._start_query(cache_key), entry, serve_now=True)
+        # "refresh": wait for it up to the client response timer, else serve `entry`.
+        return _Waiting(self._start_query(cache_key), entry)
 
-    async def _refresh_or_serve_stale(self, cache_key: CacheKey, stale: CacheEntry) -> tuple[CacheEntry, Source]:
-        refresh = self._start_query(cache_key)
-        try:
-            async with asyncio.timeout(self._client_response_timer):
-                return await asyncio.shield(refresh), "upstream"
-        except TimeoutError:
-            # The refresh goes on in the background and replaces this entry if it succeeds.
-            # Meanwhile later callers get the stale answer at once instead of each waiting
-            # another timer's length on the same slow refresh.
-            stale.retry_after = self._clock() + self._failure_recheck_timer
-            logger.debug(
-                "refreshing %s %s takes longer than %g s; serving the stale answer",
-                cache_key[0], _type_name(cache_key[1]), self._client_response_timer,
-            )  # fmt: skip
-            return stale, "stale"
-        except UpstreamError:
-            return stale, "stale"
+    def _stale_after_timer(self, key: str, rdtype: int, stale: CacheEntry) -> tuple[CacheEntry, Source]:
+        # The refresh goes on in the background and replaces this entry if it succeeds.
+        # Meanwhile later callers get the stale answer at once instead of each waiting
+        # another timer's length on the same slow refresh.
+        stale.retry_after = self._clock() + self._failure_recheck_timer
+        logger.debug(
+            "refreshing %s %s takes longer than %g s; serving the stale answer",
+            key, _type_name(rdtype), self._client_response_timer,
+        )  # fmt: skip
+        return stale, "stale"
 
     def _start_query(self, cache_key: CacheKey) -> asyncio.Task[CacheEntry]:
         task = self._inflight.get(cache_key)
@@ -266,13 +298,12 @@ class UserspaceResolver:
             return task
         task = asyncio.get_running_loop().create_task(self._query(cache_key))
         self._inflight[cache_key] = task
-        task.add_done_callback(self._query_done)
+        task.add_done_callback(partial(self._query_done, cache_key))
         return task
 
-    def _query_done(self, task: asyncio.Task[CacheEntry]) -> None:
-        for cache_key, inflight in list(self._inflight.items()):
-            if inflight is task:
-                del self._inflight[cache_key]
+    def _query_done(self, cache_key: CacheKey, task: asyncio.Task[CacheEntry]) -> None:
+        if self._inflight.get(cache_key) is task:
+            del self._inflight[cache_key]
         # Waiters may all have timed out; fetch the exception so asyncio does not
         # report it as never retrieved.
         if not task.cancelled():
@@ -282,7 +313,7 @@ class UserspaceResolver:
         name, rdtype = cache_key
         started = self._clock()
         try:
-            meaning = await self.upstream.lookup(name, dns.rdatatype.RdataType(rdtype))
+            meaning = await self.upstream.lookup(name, _RDATATYPES[rdtype])
         except UpstreamError as error:
             self._query_failed(cache_key, started, error)
             raise
@@ -336,6 +367,29 @@ class UserspaceResolver:
             "serving cached answers, positive and negative, "
             f"up to {self._max_stale_age:g} s past their TTL (FIREZONE_DNS_MAX_STALE)"
         )
+
+
+class _Waiting:
+    """A family's upstream query. `stale` is served if a refresh is slow or fails, or at
+    once with `serve_now` (the refresh then only goes on in the background)."""
+
+    __slots__ = ("query", "serve_now", "stale")
+
+    def __init__(self, query: asyncio.Task[CacheEntry], stale: CacheEntry | None, *, serve_now: bool = False) -> None:
+        self.query = query
+        self.stale = stale
+        self.serve_now = serve_now
+
+
+def _settled(query: asyncio.Task[CacheEntry], stale: CacheEntry | None) -> LookupResult:
+    """A finished query's outcome for its family: a refresh that failed serves the stale entry.
+    A cancelled query raises CancelledError here, out of the resolution."""
+    failure = query.exception()
+    if failure is None:
+        return query.result(), "upstream"
+    if stale is not None and isinstance(failure, UpstreamError):
+        return stale, "stale"
+    return failure
 
 
 def _has_addresses(results: dict[int, LookupResult]) -> bool:

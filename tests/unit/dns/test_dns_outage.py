@@ -355,3 +355,24 @@ def test_health_a_slow_name_is_not_an_outage():
     assert health.failed(started=1.0, now=6.0, reason="timeout") is False
     assert not health.is_down(6.0)
     assert health.failed(started=4.0, now=9.0, reason="timeout") is True
+
+
+async def test_a_slow_refresh_is_served_stale_when_the_family_wait_ends_too(settings, stats, clock, upstream):
+    """The A is fresh, the AAAA expired and its refresh hangs; the family wait and the client
+    response timer end together (both 1.8 s by default): the stale AAAA is served with the A,
+    not dropped as unanswered."""
+    resolver = UserspaceResolver(
+        settings, stats.userspace, clock=clock, send=upstream, client_response_timer=0.05, family_wait=0.05
+    )
+    upstream.set("dual.test.", "A", 600, "192.0.2.1")
+    upstream.set("dual.test.", "AAAA", 5, "2001:db8::1")
+    await resolver.resolve("dual.test")
+    clock.advance(6)
+    upstream.hold["AAAA"] = asyncio.Event()  # never set: the refresh hangs
+    answer, elapsed = await timed(resolver, "dual.test")
+    assert answer == [V4("192.0.2.1"), V6("2001:db8::1")]
+    assert elapsed < PROMPT
+    assert stats.userspace.stale_answers == 1 and stats.userspace.partial_answers == 0
+    asked = upstream.total()
+    assert await resolver.resolve("dual.test") == [V4("192.0.2.1"), V6("2001:db8::1")]
+    assert upstream.total() == asked  # the recheck timer runs: served stale without asking

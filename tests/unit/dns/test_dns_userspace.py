@@ -279,3 +279,19 @@ async def test_debug_line_names_path_and_ttl(resolver, upstream, caplog):
     lines = [r.getMessage() for r in caplog.records if "resolved app.test" in r.getMessage()]
     assert "userspace path from upstream" in lines[0] and "ttl 30.0 s" in lines[0]
     assert "userspace path from the cache, ttl 30.0 s left" in lines[1]
+
+
+async def test_cache_hits_keep_a_name_recently_used(settings, stats, clock, upstream):
+    resolver = make(settings, stats, clock, upstream, cache_size=2)
+    for name in ("a", "b", "c"):
+        upstream.set(f"{name}.test.", "A", 600, "192.0.2.1")
+        upstream.set(f"{name}.test.", "AAAA", 600, "2001:db8::1")
+    await resolver.resolve("a.test")
+    await resolver.resolve("b.test")
+    await resolver.resolve("a.test")  # a hit: a is now the most recently used name
+    await resolver.resolve("c.test")  # evicts b, not a
+    asked = upstream.total()
+    await resolver.resolve("a.test")
+    assert upstream.total() == asked
+    await resolver.resolve("b.test")
+    assert upstream.total() == asked + 2
