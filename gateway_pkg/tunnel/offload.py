@@ -69,6 +69,7 @@ _u32 = struct.Struct("!I")
 _unpack_u32 = _u32.unpack_from
 _pack_u32 = _u32.pack_into
 _pack_u16_u16 = struct.Struct("!HH").pack_into
+_unpack_seq_offset_flags = struct.Struct("!I4xBB").unpack_from  # at the TCP header + 4
 _from_bytes = int.from_bytes
 
 
@@ -326,7 +327,7 @@ def coalesce(packets: Sequence[bytes], *, tcp: bool = True, udp: bool = False) -
                 elif ihl < 20 or n < ihl + 4:
                     table = None
                 else:
-                    key = pkt[12:20] + pkt[ihl : ihl + 4]
+                    key = pkt[12:24] if ihl == 20 else pkt[12:20] + pkt[ihl : ihl + 4]  # addresses, ports
                     mergeable = ihl == 20 and not frag & 0x2000 and _unpack_u16(pkt, 2)[0] == n
         elif version == 6 and n >= 40:
             protocol = pkt[6]
@@ -394,8 +395,11 @@ def _add_tcp(
 ) -> list[Any] | None:
     """One TCP packet of the flow `key`: None when it joined the flow's open run, else
     `_ALONE` or a new run (already registered as the flow's open one)."""
-    thl = (pkt[ihl + 12] >> 4) * 4 if n >= ihl + 20 else 0
-    flags = pkt[ihl + 13] if thl else 0
+    if n >= ihl + 20:
+        seq, offset, flags = _unpack_seq_offset_flags(pkt, ihl + 4)
+        thl = (offset >> 4) * 4
+    else:
+        seq = thl = flags = 0
     hl = ihl + thl
     payload = n - hl
     run = table.get(key)
@@ -408,7 +412,7 @@ def _add_tcp(
             hl == run[_HL]
             and pkt[ihl + 8 : ihl + 16] == (run[_SIG] if flags == _ACK else run[_SIG_PSH])
             and pkt[ihl + 18 : hl] == run[_TAIL]
-            and _unpack_u32(pkt, ihl + 4)[0] == run[_NEXT_SEQ]
+            and seq == run[_NEXT_SEQ]
             and payload <= run[_GSO]
             and len(run[_PACKETS]) < MAX_SEGMENTS
             and run[_PAYLOAD] + payload + hl - (40 if ihl == 40 else 0) <= MAX_LENGTH
@@ -430,7 +434,7 @@ def _add_tcp(
     sig = pkt[ihl + 8 : ihl + 16]  # ack, header length, flags, window
     sig_psh = bytearray(sig)
     sig_psh[5] |= _PSH
-    run = [0, [pkt], ihl, hl, payload, (_unpack_u32(pkt, ihl + 4)[0] + payload) & 0xFFFFFFFF,
+    run = [0, [pkt], ihl, hl, payload, (seq + payload) & 0xFFFFFFFF,
            _unpack_u16(pkt, 4)[0] if ihl == 20 else 0, payload, sig, bytes(sig_psh), pkt[ihl + 18 : hl], False, False]
     table[key] = run
     return run
