@@ -244,6 +244,39 @@ def policy_nat() -> dict[str, bytes]:
     }
 
 
+def tun_offload() -> dict[str, bytes]:
+    # The unit tests' builders: super-packets as the kernel hands them to a vnet_hdr TUN.
+    from gateway_pkg.tunnel.offload import GSO_NONE, NO_OFFLOAD
+    from tests.unit.tunnel.test_offload import flow, gso_read, tcp, udp, vnet
+
+    needs_csum = bytearray(gso_read(6, 4, bytes(range(200)), 1))
+    needs_csum[:10] = vnet(1, GSO_NONE, 0, 0, 20, 16)
+    tcp4, tcp6 = flow(5, 4, 300, sport=1), flow(4, 6, 280, sport=2, last=100)
+    udp4 = [udp(4, bytes([i]) * 200, ident=i) for i in range(4)]
+    interleaved = [tcp4[0], tcp6[0], udp4[0], tcp4[1], udp4[1], tcp6[1], tcp4[2], udp4[2], tcp6[2], tcp4[3],
+                   udp4[3], tcp6[3], tcp4[4]]
+    fragment = bytearray(tcp(4, bytes(64), ident=9))
+    fragment[6:8] = b"\x00\x64"
+    return {
+        "reads": b"\x03" + join([(1, gso_read(6, 4, bytes(range(256)) * 12, 1000, flags=0x18, ident=0xFFFF)),
+                                 (1, gso_read(6, 6, bytes(2000), 600, ecn=True, flags=0x90, hdr_len=0)),
+                                 (1, gso_read(17, 4, bytes(1500), 500, df=True)),
+                                 (1, gso_read(17, 6, bytes(999), 333)),
+                                 (1, NO_OFFLOAD + tcp(4, b"plain")), (1, bytes(needs_csum))]),
+        "gro-batch": b"\x03" + join([(0, p) for p in interleaved]),
+        "tso-then-gro": b"\x01" + join([(1, gso_read(6, 4, bytes(range(250)) * 8, 250, ident=5)),
+                                        (0, tcp(4, bytes(250), seq=3000, ident=13))]),
+        "not-mergeable": b"\x03" + join([
+            (0, tcp4[0]), (0, tcp4[2]), (0, tcp(4, bytes(300), seq=1000, flags=0x02)), (0, bytes(fragment)),
+            (0, tcp(4, bytes(300), seq=1300, ident=101, checksum=0x1234)), (2, tcp(4, bytes(300), checksum=7)),
+            (0, tcp(4, bytes(300), seq=1300, ident=101, options=bytes.fromhex("01010101"))),
+            (0, udp(4, bytes(100), checksum=0)), (0, udp(6, bytes(100))), (0, udp(6, bytes(101)))]),
+        "refused-reads": b"\x00" + join([(1, bytes(9)), (1, gso_read(6, 4, b"", 100)), (1, bytes(20)),
+                                         (3, gso_read(6, 4, bytes(900), 300)[:-7]),
+                                         (1, gso_read(17, 6, bytes(900), 300)[:12] + b"\x00\x00")]),
+    }
+
+
 def dns_answer() -> dict[str, bytes]:
     import dns.message
     import dns.rcode
@@ -427,6 +460,7 @@ SEEDS: dict[str, Callable[[], dict[str, bytes]]] = {
     "p2p_control": p2p_control,
     "ip_packet": ip_packet,
     "policy_nat": policy_nat,
+    "tun_offload": tun_offload,
     "dns_answer": dns_answer,
     "stun_message": stun_message,
     "ice_candidate": ice_candidate,

@@ -568,6 +568,163 @@ def policy_nat(data: bytes) -> None:
             policy.setup_nat("d", "a.corp.example", PROXY4 + PROXY6, resolved, now)
 
 
+# --- the TUN offloads (virtio_net_hdr) ---------------------------------------------------------
+
+
+def _fix_packet(packet: bytes) -> bytes:
+    """Set an IPv4/IPv6 TCP or UDP packet's length fields to its length and its checksums to
+    correct values, so that the fuzzer reaches coalescing; anything else comes back as it is."""
+    from gateway_pkg.tunnel.checksum import internet_checksum, pseudo_header_sum
+
+    buf = bytearray(packet)
+    n = len(buf)
+    if n >= 20 and buf[0] >> 4 == 4:
+        ihl = (buf[0] & 0x0F) * 4
+        protocol, src, dst = buf[9], bytes(buf[12:16]), bytes(buf[16:20])
+        if ihl < 20 or n < ihl:
+            return packet
+        struct.pack_into("!H", buf, 2, n)
+        buf[10:12] = b"\0\0"
+        struct.pack_into("!H", buf, 10, internet_checksum(buf[:ihl]))
+    elif n >= 40 and buf[0] >> 4 == 6:
+        ihl, protocol, src, dst = 40, buf[6], bytes(buf[8:24]), bytes(buf[24:40])
+        struct.pack_into("!H", buf, 4, n - 40)
+    else:
+        return packet
+    at = {6: 16, 17: 6}.get(protocol)
+    if at is None or n < ihl + at + 2:
+        return bytes(buf)
+    if protocol == 17:
+        struct.pack_into("!H", buf, ihl + 4, min(n - ihl, 0xFFFF))
+    buf[ihl + at : ihl + at + 2] = b"\0\0"
+    csum = internet_checksum(buf[ihl:], pseudo_header_sum(src, dst, protocol, n - ihl))
+    struct.pack_into("!H", buf, ihl + at, csum or (0xFFFF if protocol == 17 else 0))
+    return bytes(buf)
+
+
+def _fix_read(read: bytes) -> bytes:
+    """A TUN read whose IP length field, csum_start and csum_offset agree with its packet."""
+    buf = bytearray(read)
+    if len(buf) < 30:
+        return read
+    if buf[10] >> 4 == 4:
+        ihl, protocol = (buf[10] & 0x0F) * 4, buf[19]
+        struct.pack_into("!H", buf, 12, len(buf) - 10)
+    elif len(buf) >= 50 and buf[10] >> 4 == 6:
+        ihl, protocol = 40, buf[16]
+        struct.pack_into("!H", buf, 14, len(buf) - 50)
+    else:
+        return read
+    struct.pack_into("<HH", buf, 6, ihl, 16 if protocol == 6 else 6)
+    return bytes(buf)
+
+
+def _flow_of(packet: bytes, index: int) -> tuple[object, ...]:
+    """The flow `coalesce` sees (addresses, protocol, ports), or the packet's own index where it
+    sees none."""
+    n = len(packet)
+    if n >= 20 and packet[0] >> 4 == 4 and packet[9] in (6, 17):
+        ihl = (packet[0] & 0x0F) * 4
+        if ihl >= 20 and n >= ihl + 4 and not struct.unpack_from("!H", packet, 6)[0] & 0x1FFF:
+            return (4, packet[9], packet[12:20], packet[ihl : ihl + 4])
+    elif n >= 44 and packet[0] >> 4 == 6 and packet[6] in (6, 17):
+        return (6, packet[6], packet[8:44])
+    return ("alone", index)
+
+
+def _as_resent(packet: bytes) -> bytes:
+    """What may differ between a merged packet and the kernel's segmentation of its super-
+    packet: with DF set the IPv4 ID (and so the header checksum), and an IPv4 header or TCP
+    checksum of 0 written as 0xFFFF (the same ones' complement number)."""
+    buf = bytearray(packet)
+    n = len(buf)
+    if n >= 20 and buf[0] >> 4 == 4:
+        ihl, protocol = (buf[0] & 0x0F) * 4, buf[9]
+        if buf[6] & 0x40:
+            buf[4:6] = buf[10:12] = b"\0\0"
+        elif buf[10:12] == b"\xff\xff":
+            buf[10:12] = b"\0\0"
+    elif n >= 40 and buf[0] >> 4 == 6:
+        ihl, protocol = 40, buf[6]
+    else:
+        return packet
+    if protocol == 6 and n >= ihl + 18 and buf[ihl + 16 : ihl + 18] == b"\xff\xff":
+        buf[ihl + 16 : ihl + 18] = b"\0\0"
+    return bytes(buf)
+
+
+def tun_offload(data: bytes) -> None:
+    """`split_read` raises OffloadError only, and the packets of a GSO read it accepts are IP
+    packets whose checksums verify, no longer than the read; `coalesce` never raises, every
+    write starts with a virtio_net_hdr, each super-packet is accepted by `split_read`, and what
+    the kernel gets back from the writes is the batch: each flow's packets in their order, byte
+    for byte but for `_as_resent`. Byte 0: bit 0 TCP coalescing, bit 1 UDP. Then records, tag
+    bit 0: 0 an IP packet for the batch, 1 a TUN read (split, its packets join the batch); bit 1:
+    the harness first sets the packet's lengths and checksums right (`_fix_packet`), or the
+    read's IP length and csum_start/csum_offset (`_fix_read`)."""
+    from gateway_pkg.tunnel.offload import (
+        GSO_TCPV4,
+        GSO_TCPV6,
+        GSO_UDP_L4,
+        NEEDS_CSUM,
+        NO_OFFLOAD,
+        VNET_HDR_LEN,
+        OffloadError,
+        coalesce,
+        split_read,
+    )
+    from gateway_pkg.tunnel.packet import IpPacket
+
+    if not data:
+        return
+    tcp, udp = bool(data[0] & 1), bool(data[0] & 2)
+    batch: list[bytes] = []
+    for tag, body in records(data[1:]):
+        if not tag & 1:
+            batch.append(_fix_packet(body) if tag & 2 else body)
+            continue
+        read = _fix_read(body) if tag & 2 else body
+        try:
+            packets = split_read(read)
+        except OffloadError:
+            continue
+        _check(all(type(p) is bytes for p in packets) and packets, "split_read returns packets")
+        if read[1]:  # GSO: complete packets
+            for packet in packets:
+                _check(len(packet) <= len(read) - VNET_HDR_LEN, "a segment longer than the read")
+                IpPacket(packet)
+                _check(_checksums_valid(packet) is True, "a segment whose checksums do not verify")
+        batch.extend(packets)
+    writes = coalesce(batch, tcp=tcp, udp=udp)
+    resent: list[bytes] = []
+    for write in writes:
+        _check(len(write) >= VNET_HDR_LEN, "a write without its virtio_net_hdr")
+        if write[:VNET_HDR_LEN] == NO_OFFLOAD:
+            resent.append(write[VNET_HDR_LEN:])
+            continue
+        _check(write[0] == NEEDS_CSUM and ((tcp and write[1] in (GSO_TCPV4, GSO_TCPV6)) or
+                                           (udp and write[1] == GSO_UDP_L4)),
+               "a super-packet's header: NEEDS_CSUM and a GSO type that was asked for")
+        try:
+            segments = split_read(write)
+        except OffloadError as exc:
+            raise InvariantViolated(f"split_read refuses a coalesce write: {exc}") from exc
+        _check(len(segments) >= 2, "a super-packet of one segment")
+        resent.extend(segments)
+    _check(len(resent) == len(batch), "coalesce lost or added packets")
+    flows_in: dict[tuple[object, ...], list[bytes]] = {}
+    flows_out: dict[tuple[object, ...], list[bytes]] = {}
+    for i, packet in enumerate(batch):
+        flows_in.setdefault(_flow_of(packet, i), []).append(_as_resent(packet))
+    for packet in resent:
+        flows_out.setdefault(_flow_of(packet, -1), []).append(_as_resent(packet))
+    lone_in = sorted(p for key, ps in flows_in.items() if key[0] == "alone" for p in ps)
+    lone_out = sorted(flows_out.pop(("alone", -1), []))
+    _check(lone_in == lone_out, "packets outside any flow changed")
+    _check(flows_out == {k: v for k, v in flows_in.items() if k[0] != "alone"},
+           "a flow's packets changed or changed order")
+
+
 # --- DNS answers ------------------------------------------------------------------------------
 
 
@@ -1062,6 +1219,8 @@ def all_targets() -> dict[str, Target]:
                covers="tunnel/packet.py IpPacket and header helpers, tunnel/icmp.py"),
         Target("policy_nat", policy_nat,
                covers="tunnel/policy.py check_outbound/check_inbound, tunnel/nat.py"),
+        Target("tun_offload", tun_offload, ("gateway_pkg.tunnel.offload.OffloadError",), max_len=16384,
+               covers="tunnel/offload.py split_read, coalesce"),
         Target("dns_answer", dns_answer, ("gateway_pkg.dns.upstream.UpstreamError",), instrument=("dns",),
                covers="dns/answer.py interpret, dns/upstream.py, dns/cache.py over dnspython's parse"),
         Target("stun_message", stun_message, ("gateway_pkg.ice.stun.StunError",), max_len=2048,
