@@ -14,6 +14,7 @@ help:
 	@echo "make demo-netns - the gateway, dev portal and a WireGuard client in network namespaces (fast)"
 	@echo "make e2e    - the Molecule scenarios (default, uninstall, fleet)"
 	@echo "make test   - unit, property and namespace integration tests (everything but containers)"
+	@echo "make test-fallback - the data-plane tests again with the kernel offloads off"
 	@echo "make lint   - ruff, mypy and the Ansible checks"
 	@echo "make bench  - side-by-side benchmarks (ours vs the reference) with ratios"
 	@echo "make fuzz   - coverage-guided fuzzing (atheris) of every parser of untrusted bytes, >= 100,000 inputs per target"
@@ -50,6 +51,13 @@ unit: venv
 test: deps venv
 	@$(BIN)/pytest -q -m "" $(PYTEST_ARGS)
 
+# The data-plane tests again, every gateway on the fallback path (no kernel offloads).
+FALLBACK_TESTS = tests/integration/test_dataplane.py tests/integration/test_outer_mtu.py \
+	tests/integration/test_wireguard_interop.py tests/integration/test_nat_traversal.py \
+	tests/integration/test_dns_tunnel.py
+test-fallback: deps venv
+	@FIREZONE_OFFLOADS=off $(BIN)/pytest -q -m "" $(FALLBACK_TESTS) $(PYTEST_ARGS)
+
 lint: lint-python lint-ansible
 
 lint-python: venv
@@ -82,7 +90,7 @@ docs-config: venv
 	@$(BIN)/python tools/gen_config_docs.py
 
 bench: deps venv
-	@for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@status=0; for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || status=1; done; exit $$status
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache

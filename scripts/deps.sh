@@ -6,8 +6,7 @@ set -euo pipefail
 need=()
 for pair in wireguard-go:wireguard-go wg:wireguard-tools unbound:unbound unbound-control:unbound \
             iperf3:iperf3 iptables:iptables ip:iproute2 curl:curl setcap:libcap2-bin setpriv:util-linux \
-            python3:python3 ping:iputils-ping shellcheck:shellcheck turnserver:coturn \
-            ethtool:ethtool; do
+            python3:python3 ping:iputils-ping shellcheck:shellcheck turnserver:coturn; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

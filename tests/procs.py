@@ -117,7 +117,9 @@ class Proc:
 
 
 def base_env() -> dict[str, str]:
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "TMPDIR")
+    # FIREZONE_OFFLOADS: `FIREZONE_OFFLOADS=off make test-fallback` runs the data-plane tests
+    # with every gateway on the one-packet-per-call path.
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "TMPDIR", "FIREZONE_OFFLOADS")
     env = {k: v for k, v in os.environ.items() if k in keep}
     env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"
     return env

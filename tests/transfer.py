@@ -18,8 +18,10 @@ SERVER = r"""
 import hashlib, random, socket, sys, threading
 def serve(conn):
     with conn:
-        line = conn.makefile("rb").readline().split()
-        verb, size = line[0], int(line[1])
+        line = b""
+        while not line.endswith(b"\n"):  # byte by byte: a buffered reader would eat the data
+            line += conn.recv(1)
+        verb, size = line.split()[0], int(line.split()[1])
         if verb == b"up":
             digest, left = hashlib.sha256(), size
             while left:

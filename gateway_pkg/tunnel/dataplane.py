@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -60,10 +61,21 @@ from gateway_pkg.tunnel.control import (
     UpdateRelays,
 )
 from gateway_pkg.tunnel.metrics import TRAFFIC as traffic
+from gateway_pkg.tunnel.offload import GSO_ECN, GSO_UDP_L4, VNET_HDR_LEN, OffloadError, coalesce, split_read
 from gateway_pkg.tunnel.packet import destination
 from gateway_pkg.tunnel.policy import Action
 from gateway_pkg.tunnel.tun import TunDevice
-from gateway_pkg.tunnel.udp import bind_pair, uplink_addresses
+from gateway_pkg.tunnel.udp import (
+    GRO_CMSG_SPACE,
+    SOL_UDP,
+    UDP_SEGMENT,
+    bind_pair,
+    enable_gro,
+    gro_segment_size,
+    gso_runs,
+    gso_supported,
+    uplink_addresses,
+)
 from gateway_pkg.tunnel.writer import BatchWriter
 from gateway_pkg.wireguard.device import WireGuardDevice
 from gateway_pkg.wireguard.events import DeviceOutput, Dropped, HandshakeCompleted
@@ -73,6 +85,14 @@ log = logging.getLogger("gateway_pkg.tunnel")
 BATCH = 256
 MAX_DATAGRAM = 65535
 EXPIRY_CHECK_INTERVAL = 1.0
+
+
+def _segments(write: bytes) -> int:
+    """How many packets a GRO write carries: its L4 payload over the segment size (virtio
+    header: hdr_len at 2, gso_size at 4, little-endian)."""
+    hdr_len = write[2] | write[3] << 8
+    gso_size = write[4] | write[5] << 8
+    return -(-(len(write) - VNET_HDR_LEN - hdr_len) // gso_size) if gso_size else 1
 
 
 class TunnelDataPlane:
@@ -89,7 +109,7 @@ class TunnelDataPlane:
         self.control = ClientControl()
         self.traversal = Traversal()
         metrics.watch_traversal(self.traversal)
-        self.tun = TunDevice()
+        self.tun = TunDevice(offloads=self.settings.offloads)
         self._sockets: dict[int, socket.socket] = {}
         self._wall = wall_clock
         self._clock = clock
@@ -100,6 +120,8 @@ class TunnelDataPlane:
         self._recv_buffer = bytearray(MAX_DATAGRAM)
         self._tun_writer: BatchWriter[bytes] | None = None
         self._udp_writer: BatchWriter[tuple[bytes, tuple[str, int]]] | None = None
+        self._gro: set[int] = set()  # families whose socket hands over GRO runs
+        self._gso_refused: set[tuple[str, int]] = set()  # endpoints whose route refused a GSO send
         self._to_tun: list[bytes] = []
         self._to_udp: list[tuple[bytes, tuple[str, int]]] = []
 
@@ -122,8 +144,18 @@ class TunnelDataPlane:
         except RuntimeFailure:
             await asyncio.to_thread(self.tun.close)
             raise
-        self._tun_writer = BatchWriter("tun-writer", self._write_tun)
-        self._udp_writer = BatchWriter("udp-writer", self._send_one)
+        self._tun_writer = BatchWriter("tun-writer", self._write_tun,
+                                       self._coalesce if self.tun.vnet_hdr else None)
+        offloads = self.settings.offloads != "off"
+        self._gro = {sock.family for sock in self._sockets.values() if offloads and enable_gro(sock)}
+        gso = offloads and all(gso_supported(sock) for sock in self._sockets.values())
+        if gso:
+            self._udp_writer = BatchWriter("udp-writer", self._send_run, gso_runs)
+        else:
+            self._udp_writer = BatchWriter("udp-writer", self._send_one)
+        log.info("Packet path: pure Python", extra={"fields": {
+            "offloads": self.settings.offloads, "tun": self.tun.describe_offloads(),
+            "udp_gso": "on" if gso else "off", "udp_gro": "on" if self._gro else "off"}})
         ports = {6 if sock.family == socket.AF_INET6 else 4: sock.getsockname()[1] for sock in self._sockets.values()}
         hosts = await asyncio.to_thread(uplink_addresses)
         self.traversal.set_host_addresses((ip, ports[version_of(ip)]) for ip in hosts if version_of(ip) in ports)
@@ -263,11 +295,19 @@ class TunnelDataPlane:
         now = self._clock()
         wall = self._wall()
         buffer = self._recv_buffer
+        buffers = [buffer]
         view = memoryview(buffer)
+        gro = sock.family in self._gro
         traversed = False
-        for _ in range(BATCH):
+        budget = BATCH  # datagrams per wake-up, so the TUN side gets its turn
+        while budget > 0:
             try:
-                size, source = sock.recvfrom_into(buffer)
+                if gro:
+                    size, ancdata, _flags, source = sock.recvmsg_into(buffers, GRO_CMSG_SPACE)
+                    segment = gro_segment_size(ancdata, size) if ancdata else size
+                else:
+                    size, source = sock.recvfrom_into(buffer)
+                    segment = size
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # e.g. ICMP port unreachable surfacing as ECONNREFUSED
@@ -275,25 +315,39 @@ class TunnelDataPlane:
                     continue
                 log.warning("UDP receive failed: %s", exc)
                 break
-            data = bytes(view[:size])
-            if size < 4 or not 1 <= data[0] <= 4 or data[1:4] != b"\x00\x00\x00":
-                inner = self.traversal.receive(data, normalise(source), now)
-                traversed = True
-                if inner is None:
-                    continue
-                data, source = inner
-            if self.traversal.relayed_remotes and normalise(source) in self.traversal.relayed_remotes:
-                self.traversal.relay_bytes_in += len(data)
-            out = self.wg.receive_datagram(data, source, now)
-            if out.datagrams:
-                self._queue_udp(out.datagrams, now)
-            if out.events:
-                self._count_events(out)
-            for peer, packet in out.packets:
-                self._from_client(peer, packet, now, wall)
+            if segment >= size:
+                budget -= 1
+                traversed |= self._on_datagram(view[:size], source, now, wall)
+                continue
+            traffic.offload_calls["udp_gro"] += 1
+            traffic.offload_packets["udp_gro"] += -(-size // segment)
+            for start in range(0, size, segment):  # a GRO run: views, no copies
+                budget -= 1
+                traversed |= self._on_datagram(view[start:min(start + segment, size)], source, now, wall)
         if traversed:
             self._drain_traversal()
         self._flush()
+
+    def _on_datagram(self, data: memoryview, source: Any, now: float, wall: float) -> bool:
+        """One datagram (a view of the receive buffer, valid until the next receive); True when
+        it went to NAT traversal."""
+        traversed = False
+        if len(data) < 4 or not 1 <= data[0] <= 4 or data[1:4] != b"\x00\x00\x00":
+            inner = self.traversal.receive(bytes(data), normalise(source), now)
+            traversed = True
+            if inner is None:
+                return True
+            data, source = memoryview(inner[0]), inner[1]
+        if self.traversal.relayed_remotes and normalise(source) in self.traversal.relayed_remotes:
+            self.traversal.relay_bytes_in += len(data)
+        out = self.wg.receive_datagram(data, source, now)  # type: ignore[arg-type]  # it takes views
+        if out.datagrams:
+            self._queue_udp(out.datagrams, now)
+        if out.events:
+            self._count_events(out)
+        for peer, packet in out.packets:
+            self._from_client(peer, packet, now, wall)
+        return traversed
 
     def _queue_udp(self, datagrams: list[tuple[bytes, Any]], now: float) -> None:
         relayed = self.traversal.relayed_remotes
@@ -314,6 +368,18 @@ class TunnelDataPlane:
             assert self._udp_writer is not None
             self._udp_writer.submit(self._to_udp)
             self._to_udp = []
+
+    def _coalesce(self, packets: list[bytes]) -> list[bytes]:
+        """Runs on the tun-writer thread: a batch for a TUN with the virtio header, merged into
+        GRO super-packets where the kernel takes them."""
+        writes = coalesce(packets, tcp=self.tun.tso, udp=self.tun.uso)
+        if len(writes) < len(packets):
+            for write in writes:  # byte 1 of the virtio header: the GSO type of a super-packet
+                if write[1]:
+                    kind = "tun_gro_udp" if write[1] == GSO_UDP_L4 else "tun_gro_tcp"
+                    traffic.offload_calls[kind] += 1
+                    traffic.offload_packets[kind] += _segments(write)
+        return writes
 
     def _write_tun(self, data: bytes) -> None:
         """Runs on the tun-writer thread."""
@@ -349,36 +415,52 @@ class TunnelDataPlane:
         wall = self._wall()
         fd = self.tun.fd
         by_address = self.control.by_address
+        vnet = self.tun.vnet_hdr
+        read_size = MAX_DATAGRAM + VNET_HDR_LEN if vnet else MAX_DATAGRAM
+        packets: list[bytes] | tuple[bytes]
         for _ in range(BATCH):
             try:
-                packet = os.read(fd, MAX_DATAGRAM)
+                read = os.read(fd, read_size)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 log.warning("TUN read failed: %s", exc)
                 break
-            if not packet:
+            if not read:
                 break
-            dst = destination(packet)
-            if dst is None:
-                metrics.DROPPED.labels("malformed").inc()
-                continue
-            client = by_address.get(dst)
-            if client is None:
-                metrics.DROPPED.labels("no_client").inc()
-                continue
-            verdict = client.policy.check_inbound(packet, wall)
-            if verdict.action != Action.FORWARD:
-                metrics.DROPPED.labels(verdict.reason or "policy").inc()
-                continue
-            data = packet if verdict.packet is None else bytes(verdict.packet)
-            out = self.wg.send_packet(client.public_key, data, now)
-            if out.datagrams:
-                traffic.packets_out += 1
-                traffic.bytes_out += len(data)
-                self._queue_udp(out.datagrams, now)
-            if out.events:
-                self._count_events(out)
+            if vnet:
+                try:  # a TSO/USO super-packet becomes MTU-sized packets with complete checksums
+                    packets = split_read(read)
+                except OffloadError:
+                    metrics.DROPPED.labels("malformed").inc()
+                    continue
+                if len(packets) > 1:
+                    kind = "tun_uso" if read[1] & ~GSO_ECN == GSO_UDP_L4 else "tun_tso"
+                    traffic.offload_calls[kind] += 1
+                    traffic.offload_packets[kind] += len(packets)
+            else:
+                packets = (read,)
+            for packet in packets:
+                dst = destination(packet)
+                if dst is None:
+                    metrics.DROPPED.labels("malformed").inc()
+                    continue
+                client = by_address.get(dst)
+                if client is None:
+                    metrics.DROPPED.labels("no_client").inc()
+                    continue
+                verdict = client.policy.check_inbound(packet, wall)
+                if verdict.action != Action.FORWARD:
+                    metrics.DROPPED.labels(verdict.reason or "policy").inc()
+                    continue
+                data = packet if verdict.packet is None else bytes(verdict.packet)
+                out = self.wg.send_packet(client.public_key, data, now)
+                if out.datagrams:
+                    traffic.packets_out += 1
+                    traffic.bytes_out += len(data)
+                    self._queue_udp(out.datagrams, now)
+                if out.events:
+                    self._count_events(out)
         if self.traversal.routes:
             self._drain_traversal()  # Send indications for relayed peers without a channel yet
         self._flush()
@@ -391,6 +473,37 @@ class TunnelDataPlane:
             self._flush()
         if out.events:
             self._count_events(out)
+
+    def _send_run(self, run: tuple[tuple[str, int], int, list[bytes]]) -> None:
+        """Runs on the udp-writer thread: one GSO send for a run of datagrams to one endpoint."""
+        endpoint, segment, datagrams = run
+        if len(datagrams) == 1 or endpoint in self._gso_refused:
+            for data in datagrams:
+                self._send_one((data, endpoint))
+            return
+        sock = self._sockets.get(socket.AF_INET6 if ":" in endpoint[0] else socket.AF_INET)
+        if sock is None:
+            metrics.DROPPED.labels("no_socket").inc(len(datagrams))
+            return
+        try:
+            sock.sendmsg([b"".join(datagrams)], [(SOL_UDP, UDP_SEGMENT, segment.to_bytes(2, sys.byteorder))],
+                          0, endpoint)
+            traffic.offload_calls["udp_gso"] += 1
+            traffic.offload_packets["udp_gso"] += len(datagrams)
+        except BlockingIOError:
+            metrics.DROPPED.labels("udp_full").inc(len(datagrams))
+        except OSError as exc:
+            # EINVAL: a segment wider than the route's MTU (the kernel would have to fragment);
+            # EIO: the egress device cannot checksum for us. Send that endpoint's datagrams one by one.
+            if exc.errno in (errno.EINVAL, errno.EIO, errno.EMSGSIZE):
+                self._gso_refused.add(endpoint)
+                log.info("UDP segmentation refused towards %s:%d (%s); sending datagrams one by one",
+                         endpoint[0], endpoint[1], exc.strerror or exc)
+                for data in datagrams:
+                    self._send_one((data, endpoint))
+            else:
+                metrics.DROPPED.labels("udp_error").inc(len(datagrams))
+                log.debug("UDP send of %d datagrams to %s failed: %s", len(datagrams), endpoint, exc)
 
     def _send_one(self, item: tuple[bytes, tuple[str, int]]) -> None:
         """Runs on the udp-writer thread."""
