@@ -144,13 +144,14 @@ class TunnelDataPlane:
         except RuntimeFailure:
             await asyncio.to_thread(self.tun.close)
             raise
-        self._tun_writer = BatchWriter("tun-writer", self._write_tun,
-                                       self._coalesce if self.tun.vnet_hdr else None)
+        vnet = self.tun.vnet_hdr
+        self._tun_writer = BatchWriter("tun-writer", self._write_tun, self._coalesce if vnet else None,
+                                       threaded=not vnet)
         offloads = self.settings.offloads != "off"
         self._gro = {sock.family for sock in self._sockets.values() if offloads and enable_gro(sock)}
         gso = offloads and all(gso_supported(sock) for sock in self._sockets.values())
         if gso:
-            self._udp_writer = BatchWriter("udp-writer", self._send_run, gso_runs)
+            self._udp_writer = BatchWriter("udp-writer", self._send_run, gso_runs, threaded=False)
         else:
             self._udp_writer = BatchWriter("udp-writer", self._send_one)
         log.info("Packet path: pure Python", extra={"fields": {

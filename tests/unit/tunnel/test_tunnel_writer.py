@@ -66,3 +66,12 @@ def test_a_failing_prepare_drops_that_batch_only():
     writer.submit(["z"])
     writer.close()
     assert written == ["z"]
+
+
+def test_unthreaded_writes_every_batch_on_the_callers_thread():
+    threads = []
+    writer = BatchWriter("test-writer", lambda item: threads.append(threading.current_thread().name), threaded=False)
+    writer.submit(list(range(50)))
+    writer.close()
+    assert threads == [threading.current_thread().name] * 50
+    assert "test-writer" not in [t.name for t in threading.enumerate()]
