@@ -41,12 +41,13 @@ brackets, then ours / each wireguard-go. Rows, per test:
   syscalls/packet       system calls entered by all threads of the gateway process
                         (perf_event_open counters on the tracepoint raw_syscalls:sys_enter,
                         i.e. every call of every kind: packet I/O, polling, futex, timers),
-                        divided by the inner packets carried in both directions, which are
-                        the resource namespace's TCP segments in + out, UDP datagrams in +
-                        out and ICMP messages in + out (nstat). Not `ip -s link` packets:
-                        those count GSO/GRO super-packets as one (the per-run lines print
-                        the resource veth's count beside it). The per-run lines also break
-                        the calls down by name (packet I/O and waiting calls);
+                        divided by the data packets carried: for TCP the payload bytes
+                        received over 1228 (the MSS at MTU 1280 with timestamps), for UDP
+                        the datagrams received, for ping the echo requests and replies.
+                        Neither the stacks' segment counters nor `ip -s link` will do: a
+                        GRO super-packet written into a TUN counts there as one (the per-run
+                        lines print the resource veth's count beside it). The per-run lines
+                        also break the calls down by name (packet I/O and waiting calls);
   UDP errors            deltas of nstat's UdpInErrors/UdpRcvbufErrors/UdpSndbufErrors (v4 +
                         v6 summed; InErrors includes RcvbufErrors) in the gateway namespace
                         (both kinds of gateway read and write their UDP socket there) and in
@@ -113,6 +114,7 @@ WGGO_PORT = 51820
 WGGO_RULE_PRIORITY = 900
 IPERF_PORT = 5201
 UDP_LEN = 1200  # + 28 bytes of IP/UDP headers fits MTU 1280
+TCP_PAYLOAD = 1228  # the MSS at MTU 1280: 1280 - 20 (IPv4) - 20 (TCP) - 12 (timestamps)
 UDP_MAX_LOSS = 1.0  # percent
 UDP_TRIAL_SECONDS = 1
 UDP_START_MBPS = 50.0
@@ -443,6 +445,7 @@ class Bench:
         end = result["end"]
         received = end["sum_received"]
         gbps, gb = received["bits_per_second"] / 1e9, received["bytes"] / 1e9
+        usage.packets = round(received["bytes"] / TCP_PAYLOAD)  # data packets, see the module doc
         retrans = end["sum_sent"].get("retransmits", 0)
         side.add(f"{test}.gbps", gbps)
         side.add(f"{test}.retrans", float(retrans))
@@ -464,6 +467,7 @@ class Bench:
             received = result["end"]["sum_received"]
             loss = float(received["lost_percent"])
             got = int(received["packets"]) - int(received["lost_packets"])
+            usage.packets = got
             trials[mbps] = (got / float(received["seconds"]) / 1e3, got * UDP_LEN / 1e9, usage)
             gw_err = sum(usage.gw_errors.values()) - usage.gw_errors["InErrors"]  # rcvbuf + sndbuf
             trace.append(f"{mbps:.0f}:{loss:.1f}%" + (f"(gw {errors_text(usage.gw_errors)})" if gw_err else ""))
