@@ -135,13 +135,74 @@ async def send_udp_with_tcp_fallback(
     if not _same_address(family, source, destination):
         raise dns.query.UnexpectedSource(f"got a response from {source} instead of {destination}")
     try:
-        response = dns.message.from_wire(reply, keyring=query.keyring, request_mac=query.mac,
-                                         raise_on_truncation=True)  # fmt: skip
+        response = parse_reply(reply, query)
     except dns.message.Truncated:
         return await dns.asyncquery.tcp(query, host, seconds_per_try, port)
     if not query.is_response(response):
         raise dns.query.BadResponse
     return response
+
+
+def parse_reply(reply: bytes, query: dns.message.Message) -> dns.message.Message:
+    """`dns.message.from_wire(reply, keyring=query.keyring, request_mac=query.mac,
+    raise_on_truncation=True)`, as dnspython's udp() parses, with one shortcut: an OPT record
+    that says nothing but the server's payload size (the only additional record, at the root,
+    last in the message, no options, extended rcode 0) is cut off before parsing, so the
+    message has no `opt`; everything else, rcode() included, is what the whole parse gives.
+    dnspython's parse of such a record costs as much as that of the answer itself."""
+    stripped = _without_plain_opt(reply)
+    return dns.message.from_wire(
+        reply if stripped is None else stripped,
+        keyring=query.keyring,
+        request_mac=query.mac,
+        raise_on_truncation=True,
+    )
+
+
+_COUNTS = struct.Struct("!HHHH")  # QDCOUNT, ANCOUNT, NSCOUNT, ARCOUNT
+_RR_HEADER = struct.Struct("!HHIH")  # TYPE, CLASS, TTL, RDLENGTH
+_OPT_RR = 11  # root name (1), TYPE, CLASS, TTL, RDLENGTH (10)
+
+
+def _without_plain_opt(wire: bytes) -> bytes | None:
+    """`wire` without its OPT record and with ARCOUNT 0, when that record is all the
+    additional section holds, ends the message and carries no options and no extended
+    rcode bits; None otherwise (or when the message is malformed: dnspython then parses it
+    whole and raises what it raises)."""
+    try:
+        qdcount, ancount, nscount, arcount = _COUNTS.unpack_from(wire, 4)
+        opt = len(wire) - _OPT_RR
+        if arcount != 1 or opt < 12 or wire[opt] != 0:
+            return None
+        rdtype, _payload, ttl, rdlength = _RR_HEADER.unpack_from(wire, opt + 1)
+        if rdtype != dns.rdatatype.OPT or ttl >> 24 or rdlength:
+            return None
+        # The OPT record must be the one the counts put last, not bytes inside another.
+        offset = 12
+        for _ in range(qdcount):
+            offset = _skip_name(wire, offset) + 4
+        for _ in range(ancount + nscount):
+            offset = _skip_name(wire, offset) + 10
+            offset += int.from_bytes(wire[offset - 2 : offset], "big")
+    except (IndexError, struct.error):
+        return None
+    if offset != opt:
+        return None
+    return wire[:10] + b"\x00\x00" + wire[12:opt]
+
+
+def _skip_name(wire: bytes, offset: int) -> int:
+    """The offset after the (possibly compressed) name at `offset`; IndexError past the end
+    or on a label type other than a length or a pointer."""
+    while True:
+        length = wire[offset]
+        if length == 0:
+            return offset + 1
+        if length >= 0xC0:
+            return offset + 2
+        if length > 63:
+            raise IndexError("not a label")
+        offset += length + 1
 
 
 def _same_address(family: int, a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:

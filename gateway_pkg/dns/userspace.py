@@ -293,7 +293,9 @@ class UserspaceResolver:
 
     def _start_query(self, cache_key: CacheKey) -> asyncio.Task[CacheEntry]:
         task = self._inflight.get(cache_key)
-        if task is not None:
+        # A finished query is dropped by _query_done, but that callback may not have run yet
+        # when the resolution that waited on it has resumed: then it is no longer in flight.
+        if task is not None and not task.done():
             self._stats.coalesced += 1
             return task
         task = asyncio.get_running_loop().create_task(self._query(cache_key))

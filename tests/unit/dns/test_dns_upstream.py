@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from pathlib import Path
 
 import dns.edns
 import dns.exception
@@ -14,6 +15,7 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.query
+import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
@@ -21,7 +23,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway_pkg.dns.upstream import EDNS_PAYLOAD, make_query, query_wire, send_udp_with_tcp_fallback
+from fuzz.framing import records
+from gateway_pkg.dns.answer import interpret
+from gateway_pkg.dns.upstream import EDNS_PAYLOAD, make_query, parse_reply, query_wire, send_udp_with_tcp_fallback
 
 A, AAAA = dns.rdatatype.A, dns.rdatatype.AAAA
 
@@ -176,3 +180,120 @@ async def test_a_truncated_answer_is_asked_again_over_tcp():
         transport.close()
     assert [rdata.address for rdata in response.answer[0]] == ["192.0.2.2"]
     assert len(server.queries) == 1 and tcp_queries == [query]
+
+
+# -- the reply parse: a plain OPT record left out, everything else as dnspython's ----------------
+
+
+def whole(wire: bytes, query: dns.message.Message) -> dns.message.Message:
+    return dns.message.from_wire(wire, keyring=query.keyring, request_mac=query.mac, raise_on_truncation=True)
+
+
+def same_parse(wire: bytes, query: dns.message.Message) -> dns.message.Message | None:
+    """parse_reply(wire) is dnspython's parse (same sections, flags, rcode) or raises the same
+    exception type. Returns the parse, None when both raised."""
+    try:
+        expected = whole(wire, query)
+    except Exception as error:
+        with pytest.raises(type(error)):
+            parse_reply(wire, query)
+        return None
+    parsed = parse_reply(wire, query)
+    assert parsed == expected
+    assert (parsed.id, parsed.flags, parsed.rcode()) == (expected.id, expected.flags, expected.rcode())
+    assert interpret(parsed, query.question[0].name, query.question[0].rdtype) == interpret(
+        expected, query.question[0].name, query.question[0].rdtype
+    )
+    return parsed
+
+
+SOA = "ns.test. admin.test. 1 3600 600 86400 30"
+
+
+@st.composite
+def replies(draw) -> tuple[bytes, dns.message.QueryMessage]:
+    qname = draw(names)
+    rdtype = draw(st.sampled_from([A, AAAA]))
+    query = make_query(qname, rdtype)
+    response = dns.message.make_response(query)
+    kind = draw(st.sampled_from(["answer", "cname", "nodata", "nxdomain", "servfail", "badvers"]))
+    if kind in ("answer", "cname"):
+        owner = qname
+        if kind == "cname":
+            target = dns.name.from_text("target.test.")
+            response.answer.append(dns.rrset.from_text(qname, 30, "IN", "CNAME", target.to_text()))
+            owner = target
+        value = "192.0.2.1" if rdtype == A else "2001:db8::1"
+        response.answer.append(dns.rrset.from_text(owner, draw(st.integers(0, 2**31 - 1)), "IN", rdtype, value))
+    elif kind in ("nodata", "nxdomain"):
+        response.authority.append(dns.rrset.from_text("test.", 60, "IN", "SOA", SOA))
+        if kind == "nxdomain":
+            response.set_rcode(dns.rcode.NXDOMAIN)
+    elif kind == "servfail":
+        response.set_rcode(dns.rcode.SERVFAIL)
+    else:
+        response.set_rcode(dns.rcode.BADVERS)  # an extended rcode: in the OPT record's TTL
+    edns = draw(st.sampled_from(["plain", "none", "options", "glue"]))
+    if edns == "none" and kind != "badvers":
+        response.use_edns(-1)
+    elif edns == "options":
+        response.use_edns(0, 0, 1232, options=[dns.edns.GenericOption(65001, b"x")])
+    elif edns == "glue":
+        response.additional.append(dns.rrset.from_text("ns.test.", 60, "IN", "A", "192.0.2.53"))
+    return response.to_wire(), query
+
+
+@given(replies())
+def test_reply_parse_is_dnspythons(reply):
+    wire, query = reply
+    parsed = same_parse(wire, query)
+    assert parsed is not None
+
+
+@given(replies(), st.data())
+def test_damaged_replies_parse_or_fail_as_dnspython_has_them(reply, data):
+    wire, query = reply
+    damaged = bytearray(wire)
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(damaged) - 1))
+        damaged[at] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(damaged)))
+    same_parse(bytes(damaged), query)
+    same_parse(bytes(damaged[:cut]), query)
+    same_parse(bytes(damaged) + b"\x00" * data.draw(st.integers(0, 12)), query)
+
+
+def test_the_plain_opt_record_is_what_is_left_out():
+    query = make_query(dns.name.from_text("app.test."), A)
+    response = dns.message.make_response(query)
+    response.answer.append(dns.rrset.from_text("app.test.", 60, "IN", "A", "192.0.2.1"))
+    assert response.opt is not None
+    parsed = same_parse(response.to_wire(), query)
+    assert parsed is not None and parsed.opt is None  # the shortcut was taken
+    response.set_rcode(dns.rcode.BADVERS)
+    parsed = same_parse(response.to_wire(), query)
+    assert parsed is not None and parsed.opt is not None and parsed.rcode() == dns.rcode.BADVERS
+
+
+def test_the_fuzz_corpus_replies_parse_as_dnspython_has_them():
+    corpus = Path(__file__).resolve().parents[3] / "fuzz" / "corpus" / "dns_answer"
+    query = make_query(dns.name.from_text("app.corp.example."), A)
+    seen = 0
+    for path in sorted(corpus.iterdir()):
+        for _tag, body in records(path.read_bytes()[1:], limit=12):
+            same_parse(body, query)
+            seen += 1
+    assert seen > 0
+
+
+def test_bytes_that_only_look_like_an_opt_record_are_kept():
+    """The last additional record is a TXT whose text ends like a plain OPT record."""
+    query = make_query(dns.name.from_text("app.test."), A)
+    response = dns.message.make_response(query)
+    response.use_edns(-1)
+    tail = "".join(f"\\{byte:03d}" for byte in b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00")
+    response.additional.append(dns.rrset.from_text("x.test.", 60, "IN", "TXT", f'"{tail}"'))
+    wire = response.to_wire()
+    assert wire.endswith(b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00")
+    parsed = same_parse(wire, query)
+    assert parsed is not None and len(parsed.additional) == 1

@@ -7,11 +7,13 @@ import dataclasses
 import ipaddress
 import logging
 
+import dns.rdatatype
 import pytest
 
 from gateway_pkg.dns.base import ResolveError
 from gateway_pkg.dns.userspace import UserspaceResolver
 from tests.procs import wait_for_async
+from tests.unit.dns.conftest import FakeUpstream
 
 V4 = ipaddress.IPv4Address
 V6 = ipaddress.IPv6Address
@@ -295,3 +297,28 @@ async def test_cache_hits_keep_a_name_recently_used(settings, stats, clock, upst
     assert upstream.total() == asked
     await resolver.resolve("b.test")
     assert upstream.total() == asked + 2
+
+
+async def test_a_query_that_just_finished_is_not_joined_by_the_next_lookup(settings, stats, clock):
+    """The AAAA answer lands one loop iteration after the A, just before the resolution
+    resumes; the next resolution, at once and past the TTL, must ask again rather than take
+    that finished query for one still in flight."""
+
+    class AaaaRightAfterA(FakeUpstream):
+        async def __call__(self, query, nameserver, seconds):
+            if query.question[0].rdtype == dns.rdatatype.A:
+                asyncio.get_running_loop().call_soon(self.hold["AAAA"].set)
+            return await super().__call__(query, nameserver, seconds)
+
+    upstream = AaaaRightAfterA()
+    resolver = make(settings, stats, clock, upstream)
+    upstream.set("dual.test.", "A", 5, "192.0.2.1")
+    upstream.set("dual.test.", "AAAA", 5, "2001:db8::1")
+    upstream.hold["AAAA"] = asyncio.Event()
+    assert await resolver.resolve("dual.test") == [V4("192.0.2.1"), V6("2001:db8::1")]
+    upstream.set("dual.test.", "AAAA", 5, "2001:db8::2")
+    upstream.hold["AAAA"] = asyncio.Event()
+    clock.advance(6)
+    assert await resolver.resolve("dual.test") == [V4("192.0.2.1"), V6("2001:db8::2")]
+    assert upstream.queries == {("dual.test.", "A"): 2, ("dual.test.", "AAAA"): 2}
+    assert stats.userspace.coalesced == 0
