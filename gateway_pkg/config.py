@@ -9,8 +9,10 @@ show it. Every mistake raises `ConfigError` naming the setting (exit status 2).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
+import unicodedata
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -140,6 +142,42 @@ def read_token(environ: Mapping[str, str]) -> Secret:
     )
 
 
+def parse_id_file(data: bytes, path: str) -> str:
+    """The ID held in an ID file's bytes, or ConfigError for an empty or garbled file.
+
+    Our form is plain text on one line; upstream's binary writes `{"id": "..."}` when left
+    alone, which is read too. A file that is empty (a write cut short by a crash or a full
+    disk), not UTF-8, holds control characters (NUL blocks after a crash) or several lines is
+    never taken as an ID, and never replaced by a new one either: a new ID would make the
+    portal see a new gateway, so the operator decides."""
+    fix = f"put this gateway's ID back into {path} (or set FIREZONE_ID), or delete the file for a new one"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"the FIREZONE_ID file {path} is garbled (not UTF-8 text); {fix}") from None
+    text = text.strip()
+    if not text:
+        raise ConfigError(f"the FIREZONE_ID file {path} is empty (an interrupted write?); {fix}")
+    if text.startswith("{"):
+        try:
+            document = json.loads(text)
+        except ValueError:
+            document = None
+        value = document.get("id") if isinstance(document, dict) else None
+        if not isinstance(value, str) or not value.strip() or _has_control(value.strip()):
+            raise ConfigError(f'the FIREZONE_ID file {path} is garbled (JSON without an "id" string); {fix}')
+        return value.strip()
+    if "\n" in text or "\r" in text:
+        raise ConfigError(f"the FIREZONE_ID file {path} must hold the ID on a single line; {fix}")
+    if _has_control(text):
+        raise ConfigError(f"the FIREZONE_ID file {path} is garbled (control characters); {fix}")
+    return text
+
+
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(ch) == "Cc" for ch in text)
+
+
 def read_firezone_id(value: str | None, id_path: str) -> str:
     if value is not None:
         value = value.strip()
@@ -147,19 +185,15 @@ def read_firezone_id(value: str | None, id_path: str) -> str:
             raise ConfigError("FIREZONE_ID is empty; give each gateway a unique ID (64 hex chars)")
         return value
     try:
-        text = Path(id_path).read_text(encoding="utf-8").strip()
+        data = Path(id_path).read_bytes()
     except FileNotFoundError:
-        text = ""
+        raise ConfigError(
+            f"FIREZONE_ID is required: set it, or write it to {id_path}; generate one with "
+            "`head -c 32 /dev/urandom | sha256sum | cut -d' ' -f1`"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read FIREZONE_ID from {id_path}: {exc.strerror}") from None
-    if "\n" in text:
-        raise ConfigError(f"{id_path} must hold the ID on a single line")
-    if text:
-        return text
-    raise ConfigError(
-        f"FIREZONE_ID is required: set it, or write it to {id_path}; generate one with "
-        "`head -c 32 /dev/urandom | sha256sum | cut -d' ' -f1`"
-    )
+    return parse_id_file(data, id_path)
 
 
 def load(environ: Mapping[str, str] | None = None) -> Config:

@@ -14,22 +14,38 @@ that are exactly ours (the two tun-firezone FORWARD accepts, the two INPUT accep
 a MASQUERADE of a tunnel range out of any interface), and every `ip rule` (IPv4 and IPv6) that
 looks up the gateway's routing table.
 Rules of others (Docker, ufw, an admin's accept) are left alone.
+
+`--write-id` (hosts baked without an ID: the role's `firezone_gateway_enroll: false`) writes
+FIREZONE_ID_PATH (/var/lib/firezone/gateway_id) at first start when it is absent and
+FIREZONE_ID is unset: `systemd-id128 --app-specific=753b38f9f96947ef8083802d5909a372 machine-id`
+(upstream 1.4.18's derivation), root:firezone 0640. The write is atomic (a temporary file in
+the same directory, fsync, a hard link that never replaces a file, fsync of the directory), so
+a full disk or a crash leaves either the whole ID or no file. A failure (ENOSPC, EROFS, EACCES)
+is one line on stderr and exit 1. An existing file is never rewritten: a valid one is kept, an
+empty or garbled one is refused (exit 1) instead of being replaced by a new ID, since a new ID
+makes the portal see a new gateway.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import hashlib
+import hmac
 import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, NoReturn
 
+from gateway_pkg.errors import ConfigError
 from gateway_pkg.netconst import ROUTE_TABLE, SYSCTLS, TUN_DNS_PORT, TUN_NAME, TUNNEL_V4, TUNNEL_V6
 
 PROG = "firezone-gateway-init"
@@ -255,6 +271,129 @@ def apply_sysctls(*, write: bool, root: Path = Path("/proc/sys")) -> list[str]:
     return wrong
 
 
+# upstream 1.4.18: FIREZONE_ID = `systemd-id128 --app-specific=<this> machine-id`
+ID_APP = "753b38f9f96947ef8083802d5909a372"
+DEFAULT_ID_PATH = "/var/lib/firezone/gateway_id"
+MACHINE_ID_PATH = "/etc/machine-id"
+ID_GROUP = "firezone"
+
+
+def app_specific_id(machine_id: str, app: str = ID_APP) -> str:
+    """sd_id128_get_machine_app_specific(): HMAC-SHA256 keyed with the machine ID over the
+    application ID, cut to 128 bits and stamped as a version 4 UUID; 32 hex digits as
+    `systemd-id128` prints it. ValueError when an ID is not 32 hex digits."""
+    key, message = bytes.fromhex(machine_id.strip()), bytes.fromhex(app)
+    if len(key) != 16 or len(message) != 16:
+        raise ValueError("an ID128 is 32 hex digits")
+    out = bytearray(hmac.new(key, message, hashlib.sha256).digest()[:16])
+    out[6] = (out[6] & 0x0F) | 0x40
+    out[8] = (out[8] & 0x3F) | 0x80
+    return out.hex()
+
+
+def derive_gateway_id(machine_id_path: str = MACHINE_ID_PATH) -> str:
+    try:
+        machine_id = Path(machine_id_path).read_text(encoding="ascii", errors="replace").strip()
+    except OSError as exc:
+        raise SetupError(f"cannot read {machine_id_path} to derive FIREZONE_ID: {_reason(exc)}") from None
+    try:
+        return app_specific_id(machine_id)
+    except ValueError:
+        raise SetupError(f"{machine_id_path} holds no machine ID yet ({machine_id[:40]!r}): cannot derive "
+                         "FIREZONE_ID; start again once systemd has initialized it") from None
+
+
+def _reason(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0)
+    text = exc.strerror or str(exc)
+    return f"{text} ({name})" if name else text
+
+
+def _id_group() -> int | None:
+    import grp
+
+    try:
+        return grp.getgrnam(ID_GROUP).gr_gid
+    except KeyError:
+        return None
+
+
+def write_id_file(path: Path, text: str, gid: int | None) -> bool:
+    """Write `text` + newline to `path` atomically, never replacing a file already there.
+
+    Returns False when a file appeared at `path` meanwhile (it is then left as it is).
+    Raises OSError; nothing of the attempt is left behind then."""
+    if not path.parent.is_dir():  # as the role makes it: root:firezone 0750
+        path.parent.mkdir(mode=0o750)
+        if gid is not None and os.geteuid() == 0:
+            os.chown(path.parent, 0, gid)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        try:
+            data = (text + "\n").encode()
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+            os.fchmod(fd, 0o640)
+            if gid is not None and os.geteuid() == 0:
+                os.fchown(fd, 0, gid)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # unlike rename, never replaces a file someone wrote meanwhile
+        except FileExistsError:
+            return False
+        # The ID is in place (its data synced); syncing the directory makes the name durable.
+        with contextlib.suppress(OSError):
+            directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def read_id_file(path: Path) -> str | None:
+    """The ID in `path`, None when there is no file; SetupError for an unreadable, empty or
+    garbled one (the gateway refuses those too: gateway_pkg.config.parse_id_file)."""
+    from gateway_pkg.config import parse_id_file
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SetupError(f"cannot read FIREZONE_ID from {path}: {_reason(exc)}") from None
+    try:
+        return parse_id_file(data, str(path))
+    except ConfigError as exc:
+        raise SetupError(f"{exc}; left as it is") from None
+
+
+def ensure_gateway_id(path: Path, derive: Callable[[], str] = derive_gateway_id,
+                      gid: Callable[[], int | None] = _id_group) -> tuple[str, bool]:
+    """The ID in `path`, written first when the file is absent. Returns (ID, written)."""
+    existing = read_id_file(path)
+    if existing is not None:
+        return existing, False
+    new = derive()
+    try:
+        written = write_id_file(path, new, gid())
+    except OSError as exc:
+        raise SetupError(f"cannot write FIREZONE_ID to {path}: {_reason(exc)}; nothing was written "
+                         "(the gateway cannot start without it)") from None
+    if not written:  # someone wrote it meanwhile: theirs stands
+        existing = read_id_file(path)
+        if existing is None:
+            raise SetupError(f"cannot write FIREZONE_ID to {path}: the file came and went while writing it")
+        return existing, False
+    return new, True
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"{PROG}: {message}", file=sys.stderr)
@@ -272,11 +411,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true",
                         help="with --remove: only print what would be removed")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a sysctl is not as needed")
+    parser.add_argument("--write-id", action="store_true",
+                        help="when FIREZONE_ID is unset and the ID file is absent, write it (derived from "
+                             "/etc/machine-id as upstream); refuse an empty or garbled ID file")
+    parser.add_argument("--id-path", default=os.environ.get("FIREZONE_ID_PATH") or DEFAULT_ID_PATH,
+                        help=f"with --write-id: the ID file (env FIREZONE_ID_PATH; default {DEFAULT_ID_PATH})")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.dry_run and not args.remove:
         parser.error("--dry-run only goes with --remove")
     if args.remove:
         return _remove(dry_run=args.dry_run)
+    if args.write_id and not os.environ.get("FIREZONE_ID", "").strip():
+        try:
+            gateway_id, written = ensure_gateway_id(Path(args.id_path))
+        except SetupError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return 1
+        if written:
+            print(f"{PROG}: wrote FIREZONE_ID {gateway_id} to {args.id_path} (derived from {MACHINE_ID_PATH})")
     egress = args.egress_interface or default_route_interfaces()
     try:
         wrong = apply_sysctls(write=not args.no_sysctl)

@@ -23,9 +23,12 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import struct
 import sys
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final
 
 from gateway_pkg.errors import RuntimeFailure
 from gateway_pkg.netconst import DEFAULT_UDP_PORT, FIREZONE_MARK, TUN_MTU, TUN_NAME
@@ -154,25 +157,117 @@ def _bind(family: int, port: int) -> socket.socket:
     return sock
 
 
-def bind_pair(port: int = DEFAULT_UDP_PORT) -> dict[int, socket.socket]:
-    """Bind IPv4 and IPv6; if the port is taken fall back to an ephemeral port, as upstream."""
-    sockets: dict[int, socket.socket] = {}
-    for family in (socket.AF_INET, socket.AF_INET6):
+Binder = Callable[[int, int], socket.socket]
+"""Binds one family's socket on a port (0: ephemeral); injectable so the unit tests need no socket."""
+
+FAMILY_NAMES: Final[dict[int, str]] = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
+# Times to look for one ephemeral port free in both families before each family gets its own.
+SHARED_PORT_ATTEMPTS: Final = 16
+
+
+def _ipv4_first(family: int) -> int:
+    return 0 if family == socket.AF_INET else 1
+
+
+def _families_text(families: Iterable[int]) -> str:
+    return " and ".join(FAMILY_NAMES[f] for f in sorted(families, key=_ipv4_first))
+
+
+def fallback_message(asked: int, taken: Iterable[int], bound: Mapping[int, int]) -> str:
+    """The one warning when the asked port was taken: both the asked and the bound port(s).
+
+    `taken`: the families in which `asked` was in use; `bound`: family -> port really bound."""
+    taken = set(taken)
+    where = "" if taken >= set(bound) else f" for {_families_text(taken)}"
+    ports = set(bound.values())
+    if len(ports) == 1:
+        instead = f"UDP port {ports.pop()} ({_families_text(bound)})"
+    else:
+        instead = "UDP ports " + " and ".join(f"{bound[family]} ({FAMILY_NAMES[family]})"
+                                              for family in sorted(bound, key=_ipv4_first))
+    return (f"UDP port {asked} is taken{where}: listening on {instead} instead (ephemeral: it changes "
+            f"at each start; free port {asked} or set FIREZONE_UDP_PORT to keep one port)")
+
+
+def _close(sockets: Mapping[int, socket.socket]) -> None:
+    for sock in sockets.values():
+        sock.close()
+
+
+def _bind_failure(port: int, exc: OSError) -> RuntimeFailure:
+    what = f"UDP port {port}" if port else "an ephemeral UDP port"
+    return RuntimeFailure(f"cannot bind {what}: {exc.strerror or exc}")
+
+
+def _ipv6_unavailable(exc: OSError) -> bool:
+    return exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
+
+
+class _NoIPv6(Exception):
+    """The kernel has no IPv6 (module off, disabled): listen on IPv4 only."""
+
+
+def _bind_shared(families: list[int], binder: Binder) -> dict[int, socket.socket]:
+    """Every family on one ephemeral port: the first family's, when the others can have it too."""
+    for attempt in range(SHARED_PORT_ATTEMPTS + 1):
+        sockets: dict[int, socket.socket] = {}
         try:
-            sockets[family] = _bind(family, port)
+            for family in families:
+                # The last attempt (very unlikely: the ephemeral range nearly full) gives each
+                # family a port of its own.
+                shared = attempt < SHARED_PORT_ATTEMPTS and bool(sockets)
+                sockets[family] = binder(family, sockets[families[0]].getsockname()[1] if shared else 0)
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE and port != 0:
-                log.warning("UDP port %d is taken; using an ephemeral port", port)
-                sockets[family] = _bind(family, 0)
-            elif family == socket.AF_INET6 and exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+            _close(sockets)
+            if family == socket.AF_INET6 and _ipv6_unavailable(exc):
+                raise _NoIPv6 from None
+            if exc.errno == errno.EADDRINUSE:
+                continue
+            raise
+        return sockets
+    raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))  # not reached: the last attempt binds 0
+
+
+def bind_pair(port: int = DEFAULT_UDP_PORT, binder: Binder = _bind) -> dict[int, socket.socket]:
+    """Bind IPv4 and IPv6 on `port`; if it is taken, fall back to an ephemeral port, as upstream.
+
+    One port for both families whenever possible: if `port` is taken in one family only, both
+    move to one ephemeral port (the gateway has one port to tell; an IPv4 and an IPv6 client,
+    and one firewall rule, see the same). The fallback logs one warning naming the asked and the
+    bound port. Port 0 asks for that shared ephemeral port directly, without a warning. A host
+    without IPv6 listens on IPv4 only. Any other failure (EACCES...) is a RuntimeFailure (exit 1).
+    """
+    families: list[int] = [socket.AF_INET, socket.AF_INET6]
+    sockets: dict[int, socket.socket] = {}
+    taken: list[int] = []
+    if port != 0:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sockets[family] = binder(family, port)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    taken.append(family)
+                elif family == socket.AF_INET6 and _ipv6_unavailable(exc):
+                    log.warning("IPv6 unavailable: listening on IPv4 only")
+                    families.remove(family)
+                else:
+                    _close(sockets)
+                    raise _bind_failure(port, exc) from None
+    if port == 0 or taken:
+        _close(sockets)
+        try:
+            try:
+                sockets = _bind_shared(families, binder)
+            except _NoIPv6:
                 log.warning("IPv6 unavailable: listening on IPv4 only")
-            else:
-                for sock in sockets.values():
-                    sock.close()
-                raise RuntimeFailure(f"cannot bind UDP port {port}: {exc.strerror}") from None
+                families = [socket.AF_INET]
+                sockets = _bind_shared(families, binder)
+        except OSError as exc:
+            raise _bind_failure(0, exc) from None
+        if taken:
+            log.warning(fallback_message(port, taken, {f: s.getsockname()[1] for f, s in sockets.items()}))
     for bound in sockets.values():
-        log.info("Listening for WireGuard on UDP %s port %d",
-                 "IPv4" if bound.family == socket.AF_INET else "IPv6", bound.getsockname()[1])
+        log.info("Listening for WireGuard on UDP %s port %d", FAMILY_NAMES[bound.family], bound.getsockname()[1])
     return sockets
 
 
