@@ -95,7 +95,8 @@ class JsonFormatter(logging.Formatter):
             "target": record.name,
             "message": record.getMessage(),
         }
-        doc.update({k: str(v) for k, v in _fields(record).items()})
+        # Numbers and booleans stay JSON numbers and booleans (flow-log byte counts); the rest is text.
+        doc.update({k: v if v is None or isinstance(v, int | float) else str(v) for k, v in _fields(record).items()})
         if record.exc_text:
             doc["exception"] = record.exc_text
         return json.dumps(doc, separators=(",", ":"))

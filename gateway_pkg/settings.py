@@ -300,6 +300,13 @@ SETTINGS: tuple[Setting, ...] = (
        "directives are accepted and ignored).", flag="--log-level", group=LOGGING),
     _s("FIREZONE_LOG_FORMAT", "log.format", _choice("human", "json"), "human",
        "Log line format.", group=LOGGING),
+    _s("FIREZONE_FLOW_LOGS", "dataplane.flow_logs", BOOLEAN, "false",
+       "One log line when a flow between a client and a resource starts and one when it ends "
+       "(protocol, addresses and ports, packets and bytes each way, duration, end reason), "
+       "written at INFO whatever the log level.", group=LOGGING),
+    _s("FIREZONE_METRICS_PER_CLIENT", "dataplane.metrics_per_client", BOOLEAN, "false",
+       "Label /metrics series by client: traffic, handshakes, handshake failures and ICE path, one "
+       "series per client. Off: aggregate and per-resource counts only.", group=HEALTH),
     _s("FIREZONE_NO_CHECK", "no_check", BOOLEAN, "false",
        "Skip the root/CAP_NET_ADMIN check at start.", group=DATAPLANE),
     _s("FIREZONE_NO_TELEMETRY", "flags.no_telemetry", BOOLEAN, "false",

@@ -53,6 +53,8 @@ ROLE_VARIABLES: dict[str, tuple[str, str]] = {
     "FIREZONE_LOG_FORMAT": ("firezone_gateway_log_format", "firezone_gateway_log_format"),
     "HEALTH_CHECK_ADDR": ("firezone_gateway_health_check_addr", "firezone_gateway_health_check_addr"),
     "FIREZONE_NO_TELEMETRY": ("firezone_gateway_no_telemetry", "'true'"),
+    "FIREZONE_FLOW_LOGS": ("firezone_gateway_flow_logs", "'true'"),
+    "FIREZONE_METRICS_PER_CLIENT": ("firezone_gateway_metrics_per_client", "'true'"),
     "FIREZONE_FEATURE_FLAGS_URL": ("firezone_gateway_feature_flags_url", "firezone_gateway_feature_flags_url"),
     "FIREZONE_FEATURE_FLAGS_INTERVAL": ("firezone_gateway_feature_flags_interval",
                                         "firezone_gateway_feature_flags_interval"),

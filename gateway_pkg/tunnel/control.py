@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from gateway_pkg.portal import messages
 from gateway_pkg.resources import IPAddress
 from gateway_pkg.tunnel import p2p_control
+from gateway_pkg.tunnel.accounting import Accounting, ClientCounters
 from gateway_pkg.tunnel.policy import ClientPolicy, TunAddresses
 
 log = logging.getLogger("gateway_pkg.tunnel.control")
@@ -133,6 +134,7 @@ class Client:
     preshared_key: bytes
     policy: ClientPolicy
     addresses: tuple[bytes, ...] = field(default=())
+    traffic: ClientCounters = field(default_factory=ClientCounters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +176,7 @@ class ClientControl:
         self.by_key: dict[bytes, Client] = {}
         self.by_address: dict[bytes, Client] = {}
         self.gateway_addresses = TunAddresses()
+        self.accounting = Accounting()  # per-resource traffic, shared by every client's policy
         self._random = random_bytes
         self._max_pending = max_pending_resolutions
         self._pending: dict[int, _Pending] = {}
@@ -370,7 +373,7 @@ class ClientControl:
             self._remove(client, out, goodbye=False)
             client = None
         if client is None:
-            policy = ClientPolicy(info.ipv4, info.ipv6, self.gateway_addresses)
+            policy = ClientPolicy(info.ipv4, info.ipv6, self.gateway_addresses, self.accounting)
             client = Client(info.id, info.public_key, info.preshared_key, policy)
             self.clients[info.id] = client
         self._unindex_addresses(client)

@@ -45,6 +45,7 @@ from gateway_pkg.ice.node import (
 from gateway_pkg.interfaces import PortalSender
 from gateway_pkg.portal import messages
 from gateway_pkg.tunnel import metrics, p2p_control
+from gateway_pkg.tunnel.accounting import ClientCounters, ResourceCounters
 from gateway_pkg.tunnel.control import (
     AddPeer,
     ClientControl,
@@ -60,6 +61,7 @@ from gateway_pkg.tunnel.control import (
     SetTunAddresses,
     UpdateRelays,
 )
+from gateway_pkg.tunnel.flows import END_ACCESS_REMOVED, END_CLIENT_REMOVED, Flow, FlowTable
 from gateway_pkg.tunnel.metrics import TRAFFIC as traffic
 from gateway_pkg.tunnel.offload import GSO_ECN, GSO_UDP_L4, VNET_HDR_LEN, OffloadError, coalesce, split_read
 from gateway_pkg.tunnel.packet import destination
@@ -78,9 +80,18 @@ from gateway_pkg.tunnel.udp import (
 )
 from gateway_pkg.tunnel.writer import BatchWriter
 from gateway_pkg.wireguard.device import WireGuardDevice
-from gateway_pkg.wireguard.events import DeviceOutput, Dropped, HandshakeCompleted
+from gateway_pkg.wireguard.events import (
+    HANDSHAKE_TIMEOUT,
+    HANDSHAKE_UNCONFIRMED,
+    DeviceOutput,
+    Dropped,
+    HandshakeCompleted,
+    HandshakeFailed,
+)
 
 log = logging.getLogger("gateway_pkg.tunnel")
+# The flow logs: their own logger, so that they are written whatever the log level.
+flow_log = logging.getLogger("gateway_pkg.flows")
 
 BATCH = 256
 MAX_DATAGRAM = 65535
@@ -109,6 +120,11 @@ class TunnelDataPlane:
         self.control = ClientControl()
         self.traversal = Traversal()
         metrics.watch_traversal(self.traversal)
+        metrics.watch_clients(self, self.settings.metrics_per_client)
+        self.flows: FlowTable | None = None
+        if self.settings.flow_logs:
+            self.flows = FlowTable()
+            flow_log.setLevel(logging.INFO)
         self.tun = TunDevice(offloads=self.settings.offloads)
         self._sockets: dict[int, socket.socket] = {}
         self._wall = wall_clock
@@ -168,6 +184,9 @@ class TunnelDataPlane:
 
     async def stop(self) -> None:
         self._execute(self.control.goodbye_all())
+        if self.flows is not None:
+            for flow in self.flows.end_all():
+                self._flow_ended(flow)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -404,8 +423,20 @@ class TunnelDataPlane:
         if verdict.action == Action.FORWARD:
             data = packet if verdict.packet is None else bytes(verdict.packet)
             self._to_tun.append(data)
+            size = len(data)
             traffic.packets_in += 1
-            traffic.bytes_in += len(data)
+            traffic.bytes_in += size
+            counters = client.traffic
+            counters.packets_in += 1
+            counters.bytes_in += size
+            resource = verdict.resource
+            if resource is not None:
+                resource.packets_in += 1
+                resource.bytes_in += size
+                if self.flows is not None:  # the flow as the client sees it: before the NAT
+                    started = self.flows.count(client.id, resource.id, packet, now, wall, True)
+                    if started is not None:
+                        self._flow_started(started)
             return
         metrics.DROPPED.labels(verdict.reason or "policy").inc()
         if verdict.action == Action.REPLY and verdict.reply is not None:
@@ -457,8 +488,20 @@ class TunnelDataPlane:
                 data = packet if verdict.packet is None else bytes(verdict.packet)
                 out = self.wg.send_packet(client.public_key, data, now)
                 if out.datagrams:
+                    size = len(data)
                     traffic.packets_out += 1
-                    traffic.bytes_out += len(data)
+                    traffic.bytes_out += size
+                    counters = client.traffic
+                    counters.packets_out += 1
+                    counters.bytes_out += size
+                    resource = verdict.resource
+                    if resource is not None:
+                        resource.packets_out += 1
+                        resource.bytes_out += size
+                        if self.flows is not None:  # after the NAT: as the client gets it
+                            started = self.flows.count(client.id, resource.id, data, now, wall, False)
+                            if started is not None:
+                                self._flow_started(started)
                     self._queue_udp(out.datagrams, now)
                 if out.events:
                     self._count_events(out)
@@ -530,8 +573,20 @@ class TunnelDataPlane:
             elif isinstance(event, HandshakeCompleted):
                 metrics.HANDSHAKES.inc()
                 client = self.control.by_key.get(event.peer)
+                if client is not None:
+                    client.traffic.handshakes += 1
                 log.info("WireGuard handshake completed", extra={"fields": {
                     "client": client.id if client else "?", "initiator": event.initiator}})
+            elif isinstance(event, HandshakeFailed):
+                metrics.HANDSHAKE_FAILURES.labels(event.reason).inc()
+                client = self.control.by_key.get(event.peer)
+                if client is not None:
+                    failures = client.traffic.handshake_failures
+                    failures[event.reason] = failures.get(event.reason, 0) + 1
+                # A replayed or too frequent initiation is routine; these two are worth a line.
+                if event.reason in (HANDSHAKE_TIMEOUT, HANDSHAKE_UNCONFIRMED):
+                    log.info("WireGuard handshake failed", extra={"fields": {
+                        "client": client.id if client else "?", "reason": event.reason}})
 
     # --- timers ----------------------------------------------------------------------------
 
@@ -549,6 +604,37 @@ class TunnelDataPlane:
             if now >= next_expiry:
                 next_expiry = now + EXPIRY_CHECK_INTERVAL
                 self._execute(self.control.expire(self._wall()))
+                if self.flows is not None:
+                    for flow in self.flows.sweep(now, self._flow_allowed):
+                        self._flow_ended(flow)
+
+    # --- flow logs and metrics ---------------------------------------------------------------
+
+    def _flow_allowed(self, client_id: str, resource_id: str) -> str | None:
+        client = self.control.clients.get(client_id)
+        if client is None:
+            return END_CLIENT_REMOVED
+        return None if client.policy.has_resource(resource_id) else END_ACCESS_REMOVED
+
+    def _flow_started(self, flow: Flow) -> None:
+        fields = flow.fields()
+        fields["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(flow.started))
+        flow_log.info("Flow started", extra={"fields": fields})
+
+    def _flow_ended(self, flow: Flow) -> None:
+        flow_log.info("Flow ended", extra={"fields": flow.end_fields()})
+
+    def client_counters(self) -> list[tuple[str, ClientCounters, list[str]]]:
+        return [(c.id, c.traffic, c.policy.resource_ids()) for c in self.control.clients.values()]
+
+    def resource_counters(self) -> list[ResourceCounters]:
+        return list(self.control.accounting.resources.values())
+
+    def connected_clients(self) -> int:
+        return self.wg.connected_peers(self._clock())
+
+    def active_flows(self) -> int | None:
+        return None if self.flows is None else len(self.flows)
 
 
 __all__ = ["TunnelDataPlane"]

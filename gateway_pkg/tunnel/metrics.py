@@ -6,6 +6,9 @@ a labelled prometheus_client counter costs about 2.5 µs per increment (measured
 bench/bench_tunnel.py's profile), which on two counters per packet was a tenth of the
 gateway's CPU. Rare events (drops, handshakes) use ordinary metrics.
 
+Clients and resources (`watch_clients`): aggregate and per-resource series always; series
+labelled by client only with `FIREZONE_METRICS_PER_CLIENT` (one series per client can be many).
+
 IP fragmentation (outer datagrams on a path narrower than 1340/1360 bytes, see tunnel/udp.py)
 is counted by the kernel, not per packet here: its counters for the gateway's network namespace
 (/proc/net/snmp, /proc/net/snmp6) are read at scrape time.
@@ -13,7 +16,7 @@ is counted by the kernel, not per packet here: its counters for the gateway's ne
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -21,8 +24,12 @@ from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from gateway_pkg.tunnel.accounting import ClientCounters, Counters, ResourceCounters
+
 DROPPED = Counter("firezone_gateway_dropped_packets", "Packets and datagrams dropped, by reason", ["reason"])
 HANDSHAKES = Counter("firezone_gateway_wireguard_handshakes", "Completed WireGuard handshakes")
+HANDSHAKE_FAILURES = Counter("firezone_gateway_wireguard_handshake_failures",
+                             "Failed WireGuard handshakes with authorized clients, by reason", ["reason"])
 ACTIVE_PEERS = Gauge("firezone_gateway_active_peers", "Clients with at least one authorized resource")
 
 
@@ -108,12 +115,13 @@ class _TraversalCollector(Collector):
         for kind in ("host", "srflx", "relay"):
             by_kind.add_metric([kind], sum(1 for k in paths.values() if k == kind))
         yield by_kind
-        per_client = GaugeMetricFamily("firezone_gateway_ice_client_path",
-                                       "The path each client's tunnel takes (1 for the current one)",
-                                       labels=["client_id", "path"])
-        for client_id, kind in sorted(paths.items()):
-            per_client.add_metric([client_id, kind], 1)
-        yield per_client
+        if _per_client():
+            per_client = GaugeMetricFamily("firezone_gateway_ice_client_path",
+                                           "The path each client's tunnel takes (1 for the current one)",
+                                           labels=["client_id", "path"])
+            for client_id, kind in sorted(paths.items()):
+                per_client.add_metric([client_id, kind], 1)
+            yield per_client
         drops = CounterMetricFamily("firezone_gateway_stun_dropped",
                                     "STUN/TURN datagrams dropped, by reason", labels=["reason"])
         for reason, count in sorted(view.dropped.items()):
@@ -121,6 +129,96 @@ class _TraversalCollector(Collector):
         yield drops
         yield GaugeMetricFamily("firezone_gateway_relays_allocated", "TURN allocations in place",
                                 value=view.relays_allocated())
+
+
+class ClientsView(Protocol):
+    """What the data plane shows about its clients and resources at scrape time."""
+
+    def client_counters(self) -> Iterable[tuple[str, ClientCounters, Iterable[str]]]:
+        """(client id, its counters, the ids of the resources it may use) for every client."""
+        ...
+
+    def resource_counters(self) -> Iterable[ResourceCounters]: ...
+
+    def connected_clients(self) -> int: ...
+
+    def active_flows(self) -> int | None:
+        """Flows tracked for the flow logs; None when they are off."""
+        ...
+
+
+_clients: list[tuple[ClientsView, bool]] = []
+
+
+def watch_clients(view: ClientsView, per_client: bool) -> None:
+    """The data plane registers itself once; `per_client` adds the series labelled by client."""
+    _clients[:] = [(view, per_client)]
+
+
+def _per_client() -> bool:
+    return bool(_clients) and _clients[0][1]
+
+
+def _traffic_families(prefix: str, what: str, label: str,
+                      rows: Iterable[tuple[str, Counters]]) -> tuple[CounterMetricFamily, CounterMetricFamily]:
+    packets = CounterMetricFamily(f"{prefix}_packets", f"IP packets forwarded, by {what} and direction",
+                                  labels=[label, "direction"])
+    volume = CounterMetricFamily(f"{prefix}_bytes", f"IP bytes forwarded, by {what} and direction",
+                                 labels=[label, "direction"])
+    for key, counters in rows:
+        packets.add_metric([key, "in"], counters.packets_in)
+        packets.add_metric([key, "out"], counters.packets_out)
+        volume.add_metric([key, "in"], counters.bytes_in)
+        volume.add_metric([key, "out"], counters.bytes_out)
+    return packets, volume
+
+
+class _ClientCollector(Collector):
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        if not _clients:
+            return
+        view, per_client = _clients[0]
+        clients = sorted(view.client_counters(), key=lambda row: row[0])
+        yield GaugeMetricFamily("firezone_gateway_connected_clients",
+                                "Clients with a WireGuard session that can carry traffic",
+                                value=view.connected_clients())
+        resources = sorted(view.resource_counters(), key=lambda r: r.id)
+        authorized = dict.fromkeys((r.id for r in resources), 0)
+        for _client_id, _counters, resource_ids in clients:
+            for resource_id in resource_ids:
+                authorized[resource_id] = authorized.get(resource_id, 0) + 1
+        flows = GaugeMetricFamily("firezone_gateway_resource_flows",
+                                  "Clients authorized to use each resource (the portal's flows)",
+                                  labels=["resource_id"])
+        for resource_id, count in sorted(authorized.items()):
+            flows.add_metric([resource_id], count)
+        yield flows
+        info = GaugeMetricFamily("firezone_gateway_resource_info", "Each resource's name, type and address",
+                                 labels=["resource_id", "name", "type", "address"])
+        for r in resources:
+            info.add_metric([r.id, r.name, r.kind, r.address], 1)
+        yield info
+        yield from _traffic_families("firezone_gateway_resource", "resource", "resource_id",
+                                     ((r.id, r) for r in resources))
+        active = view.active_flows()
+        if active is not None:
+            yield GaugeMetricFamily("firezone_gateway_flows_tracked", "Flows followed for the flow logs",
+                                    value=active)
+        if not per_client:
+            return
+        yield from _traffic_families("firezone_gateway_client", "client", "client_id",
+                                     ((cid, counters) for cid, counters, _ in clients))
+        handshakes = CounterMetricFamily("firezone_gateway_client_handshakes",
+                                         "Completed WireGuard handshakes, by client", labels=["client_id"])
+        failures = CounterMetricFamily("firezone_gateway_client_handshake_failures",
+                                       "Failed WireGuard handshakes, by client and reason",
+                                       labels=["client_id", "reason"])
+        for client_id, counters, _ in clients:
+            handshakes.add_metric([client_id], counters.handshakes)
+            for reason, count in sorted(counters.handshake_failures.items()):
+                failures.add_metric([client_id, reason], count)
+        yield handshakes
+        yield failures
 
 
 # reason -> the kernel's counters summed for it: IPv4 (/proc/net/snmp "Ip:"), IPv6 (/proc/net/snmp6).
@@ -187,4 +285,5 @@ class _FragmentationCollector(Collector):
 
 REGISTRY.register(_TrafficCollector())
 REGISTRY.register(_TraversalCollector())
+REGISTRY.register(_ClientCollector())
 REGISTRY.register(_FragmentationCollector())

@@ -11,7 +11,8 @@ AssignedIps (`setup_nat`), and asked once per packet:
   before it is encrypted.
 
 Both return a `Verdict`: `FORWARD` (with `packet` set when the DNS-resource NAT rewrote
-it, else None: forward the input as is), `REPLY` (do not forward; send `reply`, an ICMP
+it, else None: forward the input as is; `resource` is the counters of the resource the packet
+is accounted to, None for the gateway's own addresses and ICMP errors), `REPLY` (do not forward; send `reply`, an ICMP
 error, back to the client) or `DROP`. `REPLY` and `DROP` carry a short stable `reason`
 for metrics: "malformed", "spoofed_source", "not_for_client", "not_authorized",
 "expired", "filtered", "nat_unmapped", "nat_unsupported", "nat_no_session",
@@ -31,7 +32,9 @@ Rules (upstream `ClientOnGateway`, ../shared/reference/firezone-gateway-facts.md
 
 Overlapping resources: a destination is allowed when any covering resource allows it.
 That is what upstream's longest-prefix table computes (each prefix's filters are the
-union of all resources containing it), written as a per-destination cache.
+union of all resources containing it), written as a per-destination cache. Its traffic is
+accounted to the most specific one: the DNS resource owning a proxy IP, else the CIDR
+resource with the longest prefix, else the internet resource.
 
 Expiry: `expires_at` (Unix seconds) is enforced per packet from `now`; `expire(now)`,
 called every second, removes expired resources and returns their ids so the caller can
@@ -56,6 +59,7 @@ from gateway_pkg.resources import (
     Resource,
 )
 from gateway_pkg.tunnel import icmp
+from gateway_pkg.tunnel.accounting import Accounting, ResourceCounters
 from gateway_pkg.tunnel.dns_match import domain_matches
 from gateway_pkg.tunnel.nat import (
     REASON_UNMAPPED,
@@ -97,6 +101,7 @@ class Verdict(NamedTuple):
     packet: bytes | bytearray | None = None  # rewritten packet to forward (None: as is)
     reply: bytes | None = None  # ICMP error to send back to the client
     reason: str | None = None
+    resource: ResourceCounters | None = None  # FORWARD: the resource the packet counts for
 
 
 ALLOW: Final = Verdict(Action.FORWARD)
@@ -158,6 +163,8 @@ class Authorization:
 
     resource: Resource
     expires_at: float | None
+    counters: ResourceCounters
+    allow: Verdict  # FORWARD as is, accounted to this resource
     # DNS resources: the proxy IPs (packed) the client assigned, over all its domains.
     proxy_ips: set[bytes] = field(default_factory=set)
     # CIDR resources: (address length, network as int, netmask as int)
@@ -180,8 +187,9 @@ class TunAddresses:
         self.packed = frozenset(ipaddress.ip_address(a).packed for a in addresses)
 
 
-# (filters or None, valid until, reason when filters is None, destination is a proxy IP)
-_CacheEntry = tuple[CompiledFilters | None, float, str, bool]
+# (filters or None, valid until, reason when filters is None, destination is a proxy IP,
+#  the FORWARD verdict of the resource accounted for it, that resource's counters)
+_CacheEntry = tuple[CompiledFilters | None, float, str, bool, Verdict, ResourceCounters | None]
 
 
 class ClientPolicy:
@@ -192,12 +200,14 @@ class ClientPolicy:
         client_ipv4: IPAddress | str,
         client_ipv6: IPAddress | str,
         gateway_addresses: TunAddresses | None = None,
+        accounting: Accounting | None = None,
     ) -> None:
         self.client_ipv4 = ipaddress.IPv4Address(client_ipv4)
         self.client_ipv6 = ipaddress.IPv6Address(client_ipv6)
         self._ipv4 = self.client_ipv4.packed
         self._ipv6 = self.client_ipv6.packed
         self._gateway = gateway_addresses if gateway_addresses is not None else TunAddresses()
+        self._accounting = accounting if accounting is not None else Accounting()
         self._authorizations: dict[str, Authorization] = {}
         self._cache: dict[bytes, _CacheEntry] = {}
         self.nat = DnsResourceNat()
@@ -208,7 +218,8 @@ class ClientPolicy:
         """Authorize `resource` until `expires_at` (None: no expiry). Re-adding replaces
         the resource and its expiry, keeping a DNS resource's proxy IPs and NAT."""
         old = self._authorizations.get(resource.id)
-        auth = Authorization(resource, expires_at)
+        counters = self._accounting.resource(resource)
+        auth = Authorization(resource, expires_at, counters, Verdict(Action.FORWARD, resource=counters))
         if isinstance(resource, CidrResource):
             net = resource.address
             auth.network = (
@@ -248,6 +259,7 @@ class ClientPolicy:
             )
             return False
         old = auth.resource
+        self._accounting.resource(resource)  # its name may have changed
         if isinstance(old, CidrResource):
             auth.resource = CidrResource(old.id, old.address, old.name, resource.filters)
         elif isinstance(old, DnsResource):
@@ -331,6 +343,8 @@ class ClientPolicy:
         active: list[tuple[Filter, ...]] = []
         valid_until = _INFINITY
         expired = False
+        primary: Authorization | None = None
+        rank = -1  # of `primary`: a proxy IP's resource 256, a CIDR its prefix length, internet 0
         for auth in self._authorizations.values():
             resource = auth.resource
             if proxy:
@@ -349,11 +363,14 @@ class ClientPolicy:
                     continue
                 valid_until = min(valid_until, expires_at)
             active.append(resource.filters)
+            this_rank = 256 if proxy else resource.address.prefixlen if isinstance(resource, CidrResource) else 0
+            if this_rank > rank:
+                primary, rank = auth, this_rank
         entry: _CacheEntry
-        if active:
-            entry = (CompiledFilters(active), valid_until, "", proxy)
+        if primary is not None:
+            entry = (CompiledFilters(active), valid_until, "", proxy, primary.allow, primary.counters)
         else:
-            entry = (None, _INFINITY, REASON_EXPIRED if expired else REASON_NOT_AUTHORIZED, proxy)
+            entry = (None, _INFINITY, REASON_EXPIRED if expired else REASON_NOT_AUTHORIZED, proxy, ALLOW, None)
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[address] = entry
@@ -385,13 +402,13 @@ class ClientPolicy:
         if not filters.permits(p.protocol, p.dst_port):
             return self._reject(p, REASON_FILTERED)
         if not entry[3]:
-            return ALLOW
+            return entry[4]
         translated = self.nat.translate_outbound(p, now)
         if isinstance(translated, str):
             if translated == REASON_UNMAPPED:
                 return self._reject(p, translated)
             return _drop(translated)
-        return Verdict(Action.FORWARD, translated)
+        return Verdict(Action.FORWARD, translated, resource=entry[5])
 
     def check_inbound(self, packet: bytes | bytearray, now: float) -> Verdict:
         """A packet read from the TUN device for this client, about to be encrypted."""
@@ -421,5 +438,5 @@ class ClientPolicy:
         if not filters.permits(p.protocol, p.src_port):
             return _drop(REASON_FILTERED)
         if session is None:
-            return ALLOW
-        return Verdict(Action.FORWARD, self.nat.rewrite_inbound(p, session, now))
+            return entry[4]
+        return Verdict(Action.FORWARD, self.nat.rewrite_inbound(p, session, now), resource=entry[5])

@@ -34,6 +34,7 @@ from .events import (
     DROP_REPLAY,
     DROP_UNKNOWN_INDEX,
     DROP_UNKNOWN_PEER,
+    HANDSHAKE_UNCONFIRMED,
     DeviceOutput,
     Dropped,
     Endpoint,
@@ -246,6 +247,10 @@ class WireGuardDevice:
         Zero once every key has been forgotten, which tests and diagnostics can observe."""
         return len(self._index_table)
 
+    def connected_peers(self, now: float) -> int:
+        """Peers with a session that can still carry data (younger than REJECT_AFTER_TIME)."""
+        return sum(1 for p in self._peers.values() if p.current is not None and p.current.expires_at > now)
+
     def next_deadline(self) -> float | None:
         """The earliest time `tick` has work to do, so an event loop can sleep until then."""
         deadlines = [d for p in self._peers.values() if (d := p.timers.next_deadline())]
@@ -436,9 +441,11 @@ class WireGuardDevice:
         # TAI64N is big-endian, so byte order is time order: an old initiation is a replay.
         if consumed.timestamp <= peer.last_timestamp:
             out.events.append(Dropped(DROP_REPLAY, peer.public_key))
+            out.events.append(HandshakeFailed(peer.public_key, DROP_REPLAY))
             return
         if now - peer.last_initiation_consumed < self._config.handshake_initiation_rate:
             out.events.append(Dropped(DROP_RATE_LIMITED, peer.public_key))
+            out.events.append(HandshakeFailed(peer.public_key, DROP_RATE_LIMITED))
             return
         local_index = self._new_index()
         try:
@@ -450,6 +457,7 @@ class WireGuardDevice:
             )
         except HandshakeError as exc:
             out.events.append(Dropped(exc.reason, peer.public_key))
+            out.events.append(HandshakeFailed(peer.public_key, exc.reason))
             return
         peer.last_timestamp = consumed.timestamp
         peer.last_initiation_consumed = now
@@ -468,6 +476,7 @@ class WireGuardDevice:
         # so it waits in `next`; an older unconfirmed one is superseded.
         if peer.next is not None:
             self._index_table.pop(peer.next.local_index, None)
+            out.events.append(HandshakeFailed(peer.public_key, HANDSHAKE_UNCONFIRMED))
         peer.next = keypair
         self._index_table[local_index] = keypair
         peer.endpoint = source
@@ -500,6 +509,7 @@ class WireGuardDevice:
             )
         except HandshakeError as exc:
             out.events.append(Dropped(exc.reason, peer.public_key))
+            out.events.append(HandshakeFailed(peer.public_key, exc.reason))
             return
         keypair = Keypair(
             sending_key=transport_keys.sending_key,

@@ -51,11 +51,19 @@ class HandshakeCompleted:
     initiator: bool
 
 
+# Why a known peer's handshake failed (HandshakeFailed.reason); the drop reasons replay,
+# rate_limited and decrypt are used too.
+HANDSHAKE_TIMEOUT = "timeout"  # we initiated and gave up after REKEY_ATTEMPT_TIME
+HANDSHAKE_UNCONFIRMED = "unconfirmed"  # we answered; the peer initiated again without using the
+# session (our response was lost, or the peer could not read it: a preshared key that differs)
+
+
 @dataclass(frozen=True, slots=True)
 class HandshakeFailed:
-    """We initiated and gave up after REKEY_ATTEMPT_TIME; queued packets were dropped."""
+    """A handshake with a known peer failed. `timeout`: queued packets were dropped too."""
 
     peer: bytes
+    reason: str = HANDSHAKE_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)

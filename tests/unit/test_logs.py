@@ -53,7 +53,7 @@ def test_json_format():
     logs.setup("info", "json", [], stream=stream)
     logging.getLogger("gateway_pkg").info("hello", extra={"fields": {"k": 1}})
     doc = json.loads(stream.getvalue())
-    assert doc["level"] == "INFO" and doc["message"] == "hello" and doc["k"] == "1"
+    assert doc["level"] == "INFO" and doc["message"] == "hello" and doc["k"] == 1
     logging.getLogger().handlers.clear()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway_pkg.wireguard import Dropped, HandshakeCompleted, WireGuardDevice, keys
+from gateway_pkg.wireguard import DeviceOutput, Dropped, HandshakeCompleted, HandshakeFailed, WireGuardDevice, keys
 from gateway_pkg.wireguard.messages import (
     HANDSHAKE_INITIATION_LEN,
     HANDSHAKE_RESPONSE_LEN,
@@ -317,3 +317,31 @@ def test_batch_entry_points_match_single_calls(pair: Pair) -> None:
     received = pair.gateway.receive_datagrams(batch, pair.now)
     assert [p for _, p in received.packets] == packets
     assert received.dropped() == ["malformed"]
+
+
+def failures(out: DeviceOutput) -> list[str]:
+    return [e.reason for e in out.events if isinstance(e, HandshakeFailed)]
+
+
+def test_a_session_the_client_never_uses_is_an_unconfirmed_handshake_failure() -> None:
+    # A preshared key that differs: the client cannot read our response and initiates again.
+    pair = make_pair(gateway_psk=bytes(32))
+    first = pair.to_gateway(pair.client.initiate_handshake(pair.gateway.public_key, pair.now))
+    assert first.datagrams and failures(first) == []
+    pair.now += 6  # past REKEY_TIMEOUT: the client retransmits its initiation
+    retry = pair.client.tick(pair.now)
+    assert retry.datagrams
+    assert failures(pair.to_gateway(retry)) == ["unconfirmed"]
+
+
+def test_replayed_and_too_frequent_initiations_are_handshake_failures_of_that_peer(pair: Pair) -> None:
+    initiation = pair.client.initiate_handshake(pair.gateway.public_key, pair.now)
+    assert failures(pair.to_gateway(initiation)) == []
+    pair.now += 1
+    replay = pair.to_gateway(initiation)
+    assert failures(replay) == ["replay"]
+    assert [e.peer for e in replay.events if isinstance(e, HandshakeFailed)] == [pair.client.public_key]
+
+
+def test_a_completed_handshake_is_no_failure(pair: Pair) -> None:
+    assert all(failures(out) == [] for out in pair.handshake())
