@@ -9,6 +9,8 @@ TURN secret and relay passwords are never logged. See docs/devportal.md.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hmac
 import ipaddress
@@ -41,6 +43,11 @@ log = logging.getLogger("gateway_pkg.devportal")
 GATEWAY_UDP_PORT = 52625
 FLAG_USERSPACE_DNS = "gateway-userspace-dns-a-aaaa-records"
 MAX_CANDIDATE_WAIT = 30.0
+# Fault injection (POST /v1/gateways/{id}/inject): bounds of what one call may send.
+MAX_INJECT_COUNT = 100
+MAX_INJECT_BYTES = 64 * 1024 * 1024
+MIN_OVERSIZED_BYTES = 128
+INJECT_PADDING_EVENT = "fault_injection_padding"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -73,6 +80,68 @@ def _json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+@dataclass(frozen=True)
+class Injection:
+    """What one `POST /v1/gateways/{id}/inject` sends: a raw frame, `count` times.
+
+    `replay` ("init" or "flow") is resolved against the portal's state when sent: the frame
+    is then the `init` the portal would send now, or the flow's last message verbatim.
+    """
+
+    kind: str  # "text", "binary", "oversized" or "replay"
+    data: str | bytes = ""
+    replay_flow: str | None = None
+    count: int = 1
+
+
+def oversized_frame(size: int) -> str:
+    """A well-formed Phoenix push on topic `gateway` of exactly `size` bytes (ASCII)."""
+    head = json.dumps({"topic": "gateway", "event": INJECT_PADDING_EVENT, "ref": None,
+                       "payload": {"padding": ""}}, separators=(",", ":"))
+    missing = size - len(head)
+    if missing < 0:
+        raise ValueError(f"an oversized frame needs at least {len(head)} bytes")
+    return head.replace('"padding":""', '"padding":"' + "x" * missing + '"')
+
+
+def parse_injection(body: dict[str, Any]) -> Injection:
+    """Validate an inject body: exactly one of `text`, `binary` (base64), `oversized`
+    (bytes) or `replay` ("init", or "flow" with `flow`), and an optional `count`."""
+    kinds = [k for k in ("text", "binary", "oversized", "replay") if k in body]
+    if len(kinds) != 1:
+        raise RequestError(400, "give exactly one of text, binary (base64), oversized (bytes) or replay")
+    count = body.get("count", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_INJECT_COUNT:
+        raise RequestError(400, f"count must be an integer from 1 to {MAX_INJECT_COUNT}")
+    kind, value = kinds[0], body[kinds[0]]
+    if kind == "text":
+        if not isinstance(value, str):
+            raise RequestError(400, "text must be a string (sent as one text frame)")
+        return Injection("text", value, count=count)
+    if kind == "binary":
+        try:
+            raw = base64.b64decode(value, validate=True) if isinstance(value, str) else None
+        except (binascii.Error, ValueError):
+            raw = None
+        if raw is None:
+            raise RequestError(400, "binary must be base64 (sent as one binary frame)")
+        return Injection("binary", raw, count=count)
+    if kind == "oversized":
+        if isinstance(value, bool) or not isinstance(value, int) \
+                or not MIN_OVERSIZED_BYTES <= value <= MAX_INJECT_BYTES:
+            raise RequestError(400, f"oversized must be a size in bytes from {MIN_OVERSIZED_BYTES} "
+                                    f"to {MAX_INJECT_BYTES}")
+        return Injection("oversized", oversized_frame(value), count=count)
+    if value == "init":
+        return Injection("replay", count=count)
+    if value == "flow":
+        flow = body.get("flow")
+        if not isinstance(flow, str):
+            raise RequestError(400, 'replay "flow" needs flow: the flow_id whose last message to send again')
+        return Injection("replay", replay_flow=flow, count=count)
+    raise RequestError(400, 'replay must be "init" or "flow"')
+
+
 class DevPortal:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -92,6 +161,7 @@ class DevPortal:
         app.router.add_post("/decide", self.decide)
         app.router.add_get("/v1/gateways", self._admin(self.list_gateways))
         app.router.add_post("/v1/gateways/{gateway}/disconnect", self._admin(self.disconnect_gateway))
+        app.router.add_post("/v1/gateways/{gateway}/inject", self._admin(self.inject_frames))
         app.router.add_get("/v1/flows", self._admin(self.list_flows))
         app.router.add_post("/v1/flows", self._admin(self.create_flow))
         app.router.add_delete("/v1/flows/{flow}", self._admin(self.delete_flow))
@@ -289,6 +359,44 @@ class DevPortal:
         await session.ws.close()
         return web.json_response({"disconnected": gateway.id})
 
+    async def inject_frames(self, request: web.Request) -> web.Response:
+        """Test-only fault injection: send raw frames on a gateway's socket."""
+        gateway = self.state.find_gateway(request.match_info["gateway"])
+        injection = parse_injection(await self._body(request))
+        session = self.sessions.get(gateway.id)
+        if session is None:
+            raise RequestError(409, f"gateway {gateway.name} is not connected")
+        data: str | bytes = injection.data
+        if injection.kind == "replay" and injection.replay_flow is None:
+            relays = self.relays.gateway_entries(gateway.public_key)
+            data = json.dumps({"topic": "gateway", "event": "init", "ref": None,
+                               "payload": self.state.init_payload(gateway, relays)})
+        elif injection.kind == "replay":
+            flow = self.state.flows.get(injection.replay_flow or "")
+            if flow is None or flow.gateway_id != gateway.id:
+                raise RequestError(404, "unknown flow for this gateway")
+            if flow.sent is None:
+                raise RequestError(409, "nothing was sent for that flow yet")
+            event, payload = flow.sent
+            data = json.dumps({"topic": "gateway", "event": event, "payload": payload, "ref": None})
+        sent, disconnected = 0, False
+        try:
+            for _ in range(injection.count):
+                if isinstance(data, bytes):
+                    await session.ws.send_bytes(data)
+                else:
+                    await session.ws.send_str(data)
+                sent += 1
+        except ConnectionError:
+            # The gateway dropped the socket, possibly because of this very frame (one over
+            # its size limit): that is an outcome to report, not an error of the request.
+            disconnected = True
+        size = len(data) if isinstance(data, bytes) else len(data.encode())
+        log.info("Injected %d of %d %s frame(s) of %d bytes to gateway %s%s", sent, injection.count, injection.kind,
+                 size, gateway.name, " (it disconnected)" if disconnected else "")
+        return web.json_response({"gateway_id": gateway.id, "kind": injection.kind, "count": sent, "bytes": size,
+                                  "disconnected": disconnected}, status=202)
+
     def _session_for(self, gateway: GatewayRecord) -> _Session:
         session = self.sessions.get(gateway.id)
         if session is None or not session.joined:
@@ -405,6 +513,7 @@ class DevPortal:
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         if wait:
             session.waiters[flow.ref] = waiter
+        flow.sent = (event, payload)
         await session.push(event, payload)
         if not wait:
             return
@@ -493,6 +602,7 @@ class DevPortal:
         flow.ref = secrets.token_urlsafe(24)
         if flow.protocol == "1.3":
             event, payload = "allow_access", self._allow_access_payload(flow)
+            flow.sent = (event, payload)
             await session.push(event, payload)
             flow.status = "sent"
         else:

@@ -107,6 +107,9 @@ class Flow:
     status: str = "pending"
     reply: dict[str, Any] | None = None
     created: float = field(default_factory=time.time)
+    # The last message sent for this flow (event, payload), so a test can send it again
+    # verbatim (POST /v1/gateways/{id}/inject with "replay": "flow").
+    sent: tuple[str, dict[str, Any]] | None = field(default=None, repr=False)
 
     def view(self) -> dict[str, Any]:
         return {

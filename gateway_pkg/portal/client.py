@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.frames import CloseCode
 
 from gateway_pkg import metrics
 from gateway_pkg.config import Config
@@ -234,6 +235,12 @@ class PortalClient:
                     self._enqueue(frame)
                 self._handle_events(events)
         except ConnectionClosed as exc:
+            if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                # The transport refused a frame over MAX_WS_MESSAGE; it cannot skip one (the
+                # rest of the frame would follow), so this connection is given up.
+                metrics.PORTAL_SKIPPED.inc()
+                log.warning("Portal sent a frame over %d bytes (%s); reconnecting", MAX_WS_MESSAGE,
+                            exc.sent.reason[:200])
             raise _Hiccup(f"connection closed: {_describe(exc)}") from None
         raise _Hiccup("connection closed by portal")
 

@@ -99,9 +99,17 @@ def decode_frame(text: str | bytes) -> Frame:
     """Parse one frame. Raises `MalformedFrame` and nothing else, whatever the input."""
     if len(text) > MAX_FRAME_BYTES:
         raise MalformedFrame(f"frame of {len(text)} bytes exceeds {MAX_FRAME_BYTES}")
+    if isinstance(text, bytes):
+        # A binary frame is read as UTF-8 JSON, as upstream's `into_text()` does.
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedFrame(f"binary frame of {len(text)} bytes is not UTF-8 text") from None
     try:
         doc = json.loads(text)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+    except json.JSONDecodeError as exc:
+        raise MalformedFrame(f"not JSON ({exc.msg} at char {exc.pos})") from None
+    except (ValueError, RecursionError) as exc:
         raise MalformedFrame(f"not JSON: {type(exc).__name__}") from None
     if not isinstance(doc, dict):
         raise MalformedFrame("frame is not a JSON object")
@@ -212,6 +220,9 @@ class PhoenixChannel:
     def _on_reply(self, frame: Frame, now: float) -> tuple[list[str], list[Event]]:
         if frame.ref is None:
             return [], [Skipped("reply without ref")]
+        if frame.ref >= self._next_ref:
+            # Refs come from our one counter: this one was never sent, so nothing waits for it.
+            return [], [Skipped(f"reply to ref {frame.ref}, which the gateway never sent")]
         if frame.topic == PHOENIX_TOPIC and frame.ref in self._unanswered_heartbeats:
             # Any answer to one of our heartbeats, whatever its status, shows the portal is
             # there; replies come in order, so the older unanswered ones are moot too.

@@ -224,3 +224,44 @@ def test_sending_postpones_the_heartbeat_and_so_the_verdict():
     channel.push("flow_authorized", {"ref": "r"}, 3.5)  # the interval restarts on any send
     assert channel.tick(4.0) == ([], [])
     assert channel.tick(4.5) == ([], [MISSED])
+
+
+# --- frames a faulty portal sends (tests/integration/test_portal_faults.py end to end) ----
+
+
+def test_a_binary_frame_is_read_as_utf8_json_like_upstream():
+    text = '{"topic":"gateway","event":"init","payload":{},"ref":null}'
+    assert decode_frame(text.encode()) == decode_frame(text)
+    channel = joined_channel()
+    assert channel.receive(text.encode(), 1.0) == ([], [Push("init", {})])
+
+
+def test_a_binary_frame_that_is_not_utf8_is_skipped_naming_it():
+    with pytest.raises(MalformedFrame, match="binary frame of 4 bytes is not UTF-8 text"):
+        decode_frame(b"\xff\xfe\x00\x80")
+
+
+def test_not_json_says_where():
+    with pytest.raises(MalformedFrame, match=r"not JSON \(Expecting value at char 0\)"):
+        decode_frame("garbage {")
+
+
+def test_a_reply_to_a_ref_never_sent_is_skipped():
+    channel = joined_channel()  # sent ref 0 (the join)
+    for topic in ("gateway", "phoenix"):
+        out, events = channel.receive(reply(987654321, topic=topic), 1.0)
+        assert out == [] and events == [Skipped("reply to ref 987654321, which the gateway never sent")]
+    # An unmatched-topic error for a ref never sent does not make the gateway rejoin.
+    out, events = channel.receive(reply(1, "error", {"reason": "unmatched topic"}), 1.0)
+    assert out == [] and isinstance(events[0], Skipped) and channel.joined
+
+
+def test_a_reply_to_a_ref_sent_earlier_is_still_a_reply():
+    channel = joined_channel()
+    ref, _ = channel.push("flow_authorized", {"ref": "r"}, 1.0)
+    assert channel.receive(reply(ref), 1.0) == ([], [Reply(ref, "ok", {})])
+    assert channel.receive(reply(ref), 1.0) == ([], [Reply(ref, "ok", {})])  # a duplicate is harmless
+    # An error naming the join ref (answered long ago) that says the portal forgot us: rejoin.
+    out, events = channel.receive(reply(0, "error", {"reason": "unmatched topic"}), 2.0)
+    assert frames(out)[0]["event"] == "phx_join" and not channel.joined
+    assert events == [Reply(0, "error", {"reason": "unmatched topic"})]
