@@ -66,7 +66,7 @@ from gateway_pkg.tunnel.metrics import TRAFFIC as traffic
 from gateway_pkg.tunnel.offload import GSO_ECN, GSO_UDP_L4, VNET_HDR_LEN, OffloadError, coalesce, split_read
 from gateway_pkg.tunnel.packet import destination
 from gateway_pkg.tunnel.policy import Action
-from gateway_pkg.tunnel.tun import TunDevice
+from gateway_pkg.tunnel.tun import TunDevice, TunRecovery, read_failure
 from gateway_pkg.tunnel.udp import (
     GRO_CMSG_SPACE,
     SOL_UDP,
@@ -126,6 +126,8 @@ class TunnelDataPlane:
             self.flows = FlowTable()
             flow_log.setLevel(logging.INFO)
         self.tun = TunDevice(offloads=self.settings.offloads)
+        self.tun_recovery = TunRecovery(self.tun.name)
+        self._tun_lock = asyncio.Lock()  # one netlink change of the device at a time
         self._sockets: dict[int, socket.socket] = {}
         self._wall = wall_clock
         self._clock = clock
@@ -207,6 +209,9 @@ class TunnelDataPlane:
         await asyncio.to_thread(self.tun.close)
 
     def ready(self) -> tuple[bool, str]:
+        lost = self.tun_recovery.readiness()
+        if lost is not None:
+            return False, lost
         if not self._addresses_set:
             return False, "TUN device has no addresses yet (waiting for init)"
         if not self.tun.is_up():
@@ -297,7 +302,8 @@ class TunnelDataPlane:
 
     async def _apply_addresses(self, effect: SetTunAddresses) -> None:
         try:
-            await asyncio.to_thread(self.tun.set_addresses, effect.ipv4, effect.ipv6)
+            async with self._tun_lock:
+                await asyncio.to_thread(self.tun.set_addresses, effect.ipv4, effect.ipv6)
         except RuntimeFailure as exc:
             self._addresses_set = False
             log.error("%s", exc)
@@ -308,6 +314,45 @@ class TunnelDataPlane:
                 await self.tun_dns.bind([effect.ipv4, effect.ipv6])
             except RuntimeFailure as exc:
                 self.on_fatal(exc)
+
+    # --- the TUN device deleted underneath -------------------------------------------------
+
+    def _tun_lost(self, reason: str) -> None:
+        """The TUN fd failed: stop reading it at once (a dead TUN polls readable for ever),
+        say so once, and recreate the device. /readyz is 503 with the reason meanwhile."""
+        if not self.tun_recovery.lose(reason, self._clock()):
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(self.tun.fd)
+        log.error("%s", self.tun_recovery.lost_message())
+        self._spawn(self._recover_tun())
+
+    async def _recover_tun(self) -> None:
+        recovery = self.tun_recovery
+        delay = recovery.delays[0]
+        while True:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                async with self._tun_lock:
+                    await asyncio.to_thread(self.tun.reopen)
+            except RuntimeFailure as exc:
+                first = recovery.attempts == 0
+                next_delay = recovery.failed(str(exc), self._clock())
+                if next_delay is None:  # the wiring root logs it and exits with status 1
+                    self.on_fatal(RuntimeFailure(recovery.give_up_message()))
+                    return
+                if first:  # later attempts are quiet: /readyz carries the latest error
+                    log.warning("Cannot recreate TUN device %s yet: %s; retrying", self.tun.name, exc)
+                delay = next_delay
+                continue
+            break
+        self._addresses_set = self.tun.assigned is not None
+        assert self._loop is not None
+        self._loop.add_reader(self.tun.fd, self._on_tun_readable)
+        took = recovery.recovered(self._clock())
+        log.info("TUN device %s recreated %.2f s after it was removed: addresses, routes and rule restored, "
+                 "client sessions kept", self.tun.name, took)
 
     # --- packet paths ----------------------------------------------------------------------
 
@@ -409,7 +454,8 @@ class TunnelDataPlane:
             metrics.DROPPED.labels("tun_full").inc()
         except OSError as exc:
             metrics.DROPPED.labels("tun_error").inc()
-            log.debug("TUN write failed: %s", exc)
+            if exc.errno not in (errno.EBADFD, errno.EBADF):  # the device is gone: the reader says so once
+                log.debug("TUN write failed: %s", exc)
 
     def _from_client(self, peer: bytes, packet: bytes, now: float, wall: float) -> None:
         client = self.control.by_key.get(peer)
@@ -456,9 +502,12 @@ class TunnelDataPlane:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                log.warning("TUN read failed: %s", exc)
+                lost = read_failure(exc)
+                if lost is not None:
+                    self._tun_lost(lost)
                 break
             if not read:
+                self._tun_lost("read returned end of file")
                 break
             if vnet:
                 try:  # a TSO/USO super-packet becomes MTU-sized packets with complete checksums

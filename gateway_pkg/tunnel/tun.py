@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import struct
+from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -48,7 +49,82 @@ _IFF_UP = 0x1
 def _capability_hint(what: str, exc: OSError) -> RuntimeFailure:
     if exc.errno in (errno.EPERM, errno.EACCES):
         return RuntimeFailure(f"{what}: permission denied; the gateway needs CAP_NET_ADMIN")
+    if exc.errno == errno.EINVAL:  # TUNSETIFF on a name held by an interface of another kind
+        return RuntimeFailure(f"{what}: {exc.strerror} (is the name taken by an interface that is not a TUN device?)")
     return RuntimeFailure(f"{what}: {exc.strerror or exc}")
+
+
+# Recreating the device after it was deleted underneath: the delay before each attempt (the
+# last one repeats), and how long to keep trying before the process exits with status 1.
+RECOVERY_DELAYS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
+RECOVERY_GIVE_UP = 30.0
+
+
+def read_failure(exc: OSError | None) -> str | None:
+    """What a failed read of the TUN fd means: None for "nothing to read now" (EAGAIN, EINTR),
+    else why the device is unusable. A TUN whose device was deleted reads EBADFD ("File
+    descriptor in bad state") and polls EPOLLERR for ever; an empty read is no packet either."""
+    if exc is None:
+        return "read returned end of file"
+    if exc.errno in (errno.EAGAIN, errno.EINTR):
+        return None
+    if exc.errno == errno.EBADFD:
+        return "the device was deleted: reads fail with EBADFD"
+    return f"read failed: {exc.strerror or exc}"
+
+
+@dataclass
+class TunRecovery:
+    """Sans-I/O: the TUN device lost and being recreated. `lose` once per loss (True the first
+    time), `failed` after each attempt that did not work (the delay before the next, or None:
+    give up), `recovered` when it is back. `readiness` is the /readyz reason while lost."""
+
+    name: str = TUN_NAME
+    delays: tuple[float, ...] = RECOVERY_DELAYS
+    give_up_after: float = RECOVERY_GIVE_UP
+    lost_at: float | None = None
+    reason: str = ""
+    attempts: int = 0
+    last_error: str = ""
+
+    @property
+    def lost(self) -> bool:
+        return self.lost_at is not None
+
+    def lose(self, reason: str, now: float) -> bool:
+        if self.lost_at is not None:
+            return False
+        self.lost_at, self.reason, self.attempts, self.last_error = now, reason, 0, ""
+        return True
+
+    def lost_message(self) -> str:
+        return (f"TUN device {self.name} was removed ({self.reason}); recreating it with its addresses, "
+                f"routes and rule, for up to {self.give_up_after:.0f} s, then exiting with status 1")
+
+    def failed(self, error: str, now: float) -> float | None:
+        assert self.lost_at is not None
+        self.attempts += 1
+        self.last_error = error
+        if now - self.lost_at >= self.give_up_after:
+            return None
+        return self.delays[min(self.attempts, len(self.delays) - 1)]
+
+    def give_up_message(self) -> str:
+        return (f"TUN device {self.name} was removed and could not be recreated in "
+                f"{self.give_up_after:.0f} s ({self.attempts} attempts): {self.last_error}")
+
+    def recovered(self, now: float) -> float:
+        """How long the device was gone; the state is clean again."""
+        assert self.lost_at is not None
+        took = now - self.lost_at
+        self.lost_at, self.reason, self.attempts, self.last_error = None, "", 0, ""
+        return took
+
+    def readiness(self) -> str | None:
+        if self.lost_at is None:
+            return None
+        detail = f"TUN device {self.name} was removed ({self.reason}); recreating it"
+        return f"{detail} (last attempt: {self.last_error})" if self.last_error else detail
 
 
 class TunDevice:
@@ -68,10 +144,12 @@ class TunDevice:
         self.tso = False
         self.uso = False
         self.index = 0
-        self._addresses: list[tuple[str, int]] = []
         self._rules_added = False
+        # The portal's addresses, kept to restore them on a device recreated by `reopen`.
+        self.assigned: tuple[ipaddress.IPv4Address, ipaddress.IPv6Address] | None = None
 
-    def open(self) -> None:
+    def _create(self) -> int:
+        """A new fd attached to a new device `name` (TUNSETIFF)."""
         if not os.path.exists(TUN_PATH):
             raise RuntimeFailure(
                 f"TUN unavailable: {TUN_PATH} does not exist (load the `tun` kernel module; "
@@ -81,16 +159,29 @@ class TunDevice:
             fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise _capability_hint(f"cannot open {TUN_PATH}", exc) from None
-        flags = _IFF_TUN | _IFF_NO_PI | (_IFF_VNET_HDR if self.offloads != "off" else 0)
         try:
-            fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", self.name.encode(), flags))
+            fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", self.name.encode(), self._flags()))
         except OSError as exc:
             os.close(fd)
             raise _capability_hint(f"cannot create TUN device {self.name}", exc) from None
-        self.fd = fd
-        self.vnet_hdr = bool(flags & _IFF_VNET_HDR)
+        return fd
+
+    def _flags(self) -> int:
+        return _IFF_TUN | _IFF_NO_PI | (_IFF_VNET_HDR if self.offloads != "off" else 0)
+
+    def open(self) -> None:
+        self.fd = self._create()
+        self.vnet_hdr = bool(self._flags() & _IFF_VNET_HDR)
         if self.vnet_hdr:
             self._negotiate_offloads()
+        try:
+            self._configure_link()
+        except RuntimeFailure:
+            self.close()
+            raise
+        log.info("Created TUN device %s", self.name)
+
+    def _configure_link(self) -> None:
         try:
             with IPRoute() as ipr:
                 self.index = ipr.link_lookup(ifname=self.name)[0]
@@ -100,9 +191,29 @@ class TunDevice:
                 except NetlinkError as exc:  # upstream only warns here too
                     log.warning("Cannot set txqueuelen on %s: %s", self.name, exc)
         except (NetlinkError, OSError, IndexError) as exc:
-            self.close()
             raise RuntimeFailure(f"cannot configure {self.name}: {exc}") from None
-        log.info("Created TUN device %s", self.name)
+
+    def reopen(self) -> None:
+        """Recreate the device after it was deleted underneath (its fd then reads EBADFD): a new
+        device on the same descriptor number (dup2, so a writer holding the number never
+        writes to a closed or reused descriptor), with the same offloads, MTU, the portal's
+        addresses and the routes. The fwmark rule does not belong to the device: it stayed."""
+        if self.fd < 0:
+            raise RuntimeFailure(f"TUN device {self.name} is closed")
+        before = (self.vnet_hdr, self.tso, self.uso)
+        fd = self._create()
+        try:
+            os.dup2(fd, self.fd, inheritable=False)
+        finally:
+            os.close(fd)
+        if self.vnet_hdr:
+            self.tso = self.uso = False
+            self._negotiate_offloads()
+        if (self.vnet_hdr, self.tso, self.uso) != before:  # the same kernel: never seen
+            raise RuntimeFailure(f"recreated {self.name} without the offloads it had")
+        self._configure_link()
+        if self.assigned is not None:
+            self.set_addresses(*self.assigned)
 
     def _negotiate_offloads(self) -> None:
         """Ask for checksum, TSO and USO; a kernel without USO (before 6.2) refuses the whole set,
@@ -127,6 +238,13 @@ class TunDevice:
 
     def set_addresses(self, ipv4: ipaddress.IPv4Address, ipv6: ipaddress.IPv6Address) -> None:
         """Replace the device's addresses with the portal's /32 and /128, bring it up, route."""
+        self.assigned = (ipv4, ipv6)
+        try:
+            self._set_addresses(ipv4, ipv6)
+        except NetlinkError as exc:  # e.g. the device deleted meanwhile
+            raise RuntimeFailure(f"cannot set the addresses of {self.name}: {exc}") from None
+
+    def _set_addresses(self, ipv4: ipaddress.IPv4Address, ipv6: ipaddress.IPv6Address) -> None:
         ok = 0
         with IPRoute() as ipr:
             for msg in ipr.get_addr(index=self.index):
