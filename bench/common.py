@@ -1,9 +1,10 @@
 """What the namespace benchmarks (bench_tunnel.py, bench_ice.py) share.
 
-The load gate (ratios only from an idle machine), a process's CPU seconds from /proc, the
-search for the highest UDP rate at a given loss, ping's summary line, kernel counters read
-with `nstat` inside a namespace, and system calls counted per process with perf_event_open(2)
+The load gate (ratios only from an idle machine), the search for the highest UDP rate at a
+given loss, ping's summary line, and system calls counted per process with perf_event_open(2)
 on the `raw_syscalls:sys_enter` tracepoint (what `perf stat -e raw_syscalls:sys_enter` counts).
+A process's CPU seconds and the `nstat` counters come from tests/hygiene.py, the gates the
+tests apply too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from tests.hygiene import UDP_ERRORS, cpu_seconds, nstat, udp_errors
+
+__all__ = ["LOAD_LIMIT", "UDP_ERRORS", "LoadGate", "Ping", "SyscallCounter", "cpu_seconds", "highest_rate", "loadavg",
+           "nstat", "parse_ping", "udp_errors"]
+
 LOAD_LIMIT = 0.5  # 1-minute load average above which ratios are not printed (unless --force)
 
 
@@ -62,14 +67,6 @@ class LoadGate:
             return (f"ratios withheld: 1-minute load {self.start:.2f} > {LOAD_LIMIT} at the start "
                     f"(--force prints them)")
         return f"load {self.start:.2f} at the start"
-
-
-# --- processes -----------------------------------------------------------------------------------
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (all its threads, live and exited), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 # --- measurements --------------------------------------------------------------------------------
@@ -125,31 +122,6 @@ def parse_ping(stdout: str) -> Ping | None:
         return None
     lost = re.search(r"([\d.]+)% packet loss", stdout)
     return Ping(float(match.group(1)), float(match.group(2)), float(match.group(3)), lost.group(1) if lost else "?")
-
-
-def nstat(ns: str) -> dict[str, int]:
-    """Absolute SNMP/netstat counters of a namespace (`nstat -asz`: no history file touched)."""
-    out = subprocess.run(["ip", "netns", "exec", ns, "nstat", "-asz"], capture_output=True, text=True,
-                         check=True).stdout
-    counters: dict[str, int] = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[1].isdigit():
-            counters[parts[0]] = int(parts[1])
-    return counters
-
-
-UDP_ERRORS = ("UdpInErrors", "UdpRcvbufErrors", "UdpSndbufErrors",
-              "Udp6InErrors", "Udp6RcvbufErrors", "Udp6SndbufErrors")
-
-
-def udp_errors(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    """Deltas of the UDP error counters, v4 and v6 summed: InErrors, RcvbufErrors, SndbufErrors.
-    (The kernel counts a receive-buffer drop in InErrors too.)"""
-    out = {}
-    for kind in ("InErrors", "RcvbufErrors", "SndbufErrors"):
-        out[kind] = sum(after.get(f"{fam}{kind}", 0) - before.get(f"{fam}{kind}", 0) for fam in ("Udp", "Udp6"))
-    return out
 
 
 # --- system calls --------------------------------------------------------------------------------

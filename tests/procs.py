@@ -85,14 +85,22 @@ def http(method: str, url: str, body: Any = None, token: str | None = None, time
         return status, raw.decode(errors="replace")
 
 
+# Every gateway process started since the list was last cleared: the integration tests' log
+# gate (tests/hygiene.py, tests/integration/conftest.py) reads their output after each test.
+STARTED_GATEWAYS: list[Proc] = []
+
+
 class Proc:
     """A process this test started; stopped by PID only, output kept in a file."""
 
     def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, prefix: list[str] | None = None) -> None:
         self.log_path = log_path
+        self.env = env
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen([*(prefix or []), *argv], env=env, stdout=self._log,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if Path(argv[0]).name == "firezone-gateway":
+            STARTED_GATEWAYS.append(self)
 
     @property
     def pid(self) -> int:

@@ -43,6 +43,8 @@ log = logging.getLogger("gateway_pkg.devportal")
 GATEWAY_UDP_PORT = 52625
 FLAG_USERSPACE_DNS = "gateway-userspace-dns-a-aaaa-records"
 MAX_CANDIDATE_WAIT = 30.0
+# How long a flow answer waits for the gateway's host candidates, which carry its UDP port.
+CANDIDATE_PORT_WAIT = 2.0
 # Fault injection (POST /v1/gateways/{id}/inject): bounds of what one call may send.
 MAX_INJECT_COUNT = 100
 MAX_INJECT_BYTES = 64 * 1024 * 1024
@@ -74,6 +76,15 @@ class _Session:
 
     async def push(self, event: str, payload: Any) -> None:
         await self.ws.send_str(json.dumps({"topic": "gateway", "event": event, "payload": payload, "ref": None}))
+
+
+def _host_port(candidates: list[str]) -> int | None:
+    """The port of the first host candidate (`candidate:<f> <c> udp <prio> <addr> <port> typ host`)."""
+    for text in candidates:
+        words = text.split()
+        if len(words) >= 8 and words[6:8] == ["typ", "host"] and words[5].isdigit():
+            return int(words[5])
+    return None
 
 
 def _json_error(status: int, message: str) -> web.Response:
@@ -502,7 +513,7 @@ class DevPortal:
             "event": event,
             "gateway": {
                 "id": gateway.id, "public_key": gateway.public_key, "ipv4": str(gateway.ipv4),
-                "ipv6": str(gateway.ipv6), "port": self.settings.gateway_udp_port,
+                "ipv6": str(gateway.ipv6), "port": await self._advertised_port(gateway.id, flow),
             },
             "relays": self.relays.client_views(),
         }
@@ -678,6 +689,23 @@ class DevPortal:
             changed = self._candidates_changed
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), remaining)
+
+    async def _advertised_port(self, gateway_id: str, flow: Flow) -> int:
+        """The gateway's UDP port as the gateway advertises it: the port of its host candidates
+        for this client (its bound port: an ephemeral one when 52625 was taken), waiting a
+        little for them after the reply; else --gateway-udp-port."""
+        port = None
+        if flow.status == "authorized":
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + CANDIDATE_PORT_WAIT
+            while (port := _host_port(self.state.candidates_for(flow.client["id"], gateway_id))) is None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                changed = self._candidates_changed
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), remaining)
+        return self.settings.gateway_udp_port if port is None else port
 
     def _signal_candidates(self) -> None:
         changed, self._candidates_changed = self._candidates_changed, asyncio.Event()

@@ -287,8 +287,14 @@ class TunnelDataPlane:
                 log.info("ICE path selected", extra={"fields": {"client": event.client_id, "path": event.kind,
                                                                 "remote": f"{event.remote[0]}:{event.remote[1]}"}})
             elif isinstance(event, ConnectionFailed):
-                log.warning("ICE connection failed", extra={"fields": {"client": event.client_id,
-                                                                       "reason": event.reason}})
+                fields = {"client": event.client_id, "reason": event.reason}
+                client = self.control.clients.get(event.client_id)
+                if client is not None and self.wg.has_session(client.public_key, self._clock()):
+                    # A client that reached UDP 52625 directly, without ICE: nothing is wrong.
+                    log.info("ICE found no path; the client's WireGuard reaches the gateway directly",
+                             extra={"fields": fields})
+                else:
+                    log.warning("ICE connection failed", extra={"fields": fields})
 
     async def _resolve(self, effect: Resolve) -> None:
         # The resolvers bound each resolution themselves (upstream's 10 s).

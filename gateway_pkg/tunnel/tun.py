@@ -245,18 +245,32 @@ class TunDevice:
             raise RuntimeFailure(f"cannot set the addresses of {self.name}: {exc}") from None
 
     def _set_addresses(self, ipv4: ipaddress.IPv4Address, ipv6: ipaddress.IPv6Address) -> None:
+        # Idempotent: an `init` after every rejoin brings the same addresses, and the device keeps
+        # them (no moment without an address); only addresses that are no longer wanted go.
+        wanted = {(str(ipv4), 32), (str(ipv6), 128)}
         ok = 0
         with IPRoute() as ipr:
+            present: set[tuple[str, int]] = set()
             for msg in ipr.get_addr(index=self.index):
                 address = msg.get_attr("IFA_ADDRESS")
-                if address and not address.startswith("fe80"):
-                    with contextlib.suppress(NetlinkError):
-                        ipr.addr("del", index=self.index, address=address, prefixlen=msg["prefixlen"])
-            for address, prefix in ((str(ipv4), 32), (str(ipv6), 128)):
+                if not address or address.startswith("fe80"):
+                    continue
+                if (address, msg["prefixlen"]) in wanted:
+                    present.add((address, msg["prefixlen"]))
+                    continue
+                with contextlib.suppress(NetlinkError):
+                    ipr.addr("del", index=self.index, address=address, prefixlen=msg["prefixlen"])
+            for address, prefix in sorted(wanted):
+                if (address, prefix) in present:
+                    ok += 1
+                    continue
                 try:
                     ipr.addr("add", index=self.index, address=address, prefixlen=prefix)
                     ok += 1
                 except NetlinkError as exc:
+                    if exc.code == errno.EEXIST:
+                        ok += 1
+                        continue
                     log.warning("Cannot add %s/%d to %s: %s", address, prefix, self.name, exc)
             if ok == 0:
                 raise RuntimeFailure("Failed to set TUN interface IPs")

@@ -247,6 +247,11 @@ class WireGuardDevice:
         Zero once every key has been forgotten, which tests and diagnostics can observe."""
         return len(self._index_table)
 
+    def has_session(self, public_key: bytes, now: float) -> bool:
+        """Whether the peer has a session that can still carry data."""
+        peer = self._peers.get(public_key)
+        return peer is not None and peer.current is not None and peer.current.expires_at > now
+
     def connected_peers(self, now: float) -> int:
         """Peers with a session that can still carry data (younger than REJECT_AFTER_TIME)."""
         return sum(1 for p in self._peers.values() if p.current is not None and p.current.expires_at > now)

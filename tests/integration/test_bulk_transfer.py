@@ -16,6 +16,7 @@ import pytest
 
 from gateway_pkg.netconst import DEFAULT_UDP_PORT
 from tests import transfer
+from tests.hygiene import UdpErrorWatch
 from tests.netlab import NetLab, sh
 from tests.procs import VENV_BIN, base_env, wait_for
 
@@ -113,10 +114,13 @@ def test_200_mb_each_way_arrive_whole_over_ipv4_and_ipv6(lab, mode):
     assert all(f["status"] == "authorized" for f in flows), flows
     lab.connect_client(flows[0], ["198.18.2.0/24", RESOURCE_V6_NET])
 
-    for address in (NetLab.RESOURCE, NetLab.RESOURCE_V6):
-        result = transfer.transfer(lab, address, TCP_PORT, SIZE)
-        assert result["up"]["whole"] and result["down"]["whole"], (address, result)
-        assert result["down"]["bytes"] == SIZE, (address, result)
+    # Upstream's gate: the gateway's UDP socket drops nothing during TCP transfers.
+    with UdpErrorWatch(lab.net.ns["gateway"]) as watch:
+        for address in (NetLab.RESOURCE, NetLab.RESOURCE_V6):
+            result = transfer.transfer(lab, address, TCP_PORT, SIZE)
+            assert result["up"]["whole"] and result["down"]["whole"], (address, result)
+            assert result["down"]["bytes"] == SIZE, (address, result)
+    watch.check("the TCP transfers")
 
     code, out = lab.client_sh(str(VENV_BIN / "python"), "-c", UDP_CLIENT, NetLab.RESOURCE, str(UDP_PORT),
                               str(UDP_COUNT), str(UDP_SIZE), timeout=60)

@@ -254,15 +254,10 @@ CASES = {
 }
 
 
-# Two `init`s back to back race in the tunnel layer (not the portal client's): each one runs
-# tun.set_addresses in a thread (dataplane._apply_addresses), which deletes the addresses and
-# adds them again, so the second add finds them there: WARN "Cannot add ... File exists", and
-# sometimes ERROR "Failed to set TUN interface IPs" with /readyz 503 until the next init.
-# Not strict: it depends on thread timing. Remove the mark once tunnel/ serializes this.
-TUN_RACE = pytest.mark.xfail(reason="duplicate init races in gateway_pkg/tunnel set_addresses", strict=False)
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=TUN_RACE) if n == "duplicate-init" else n for n in CASES])
+# "duplicate-init": two `init`s back to back once raced in the tunnel layer (each deleted the
+# TUN addresses and added them again, WARN "File exists" or ERROR with /readyz 503); the data
+# plane now applies addresses one at a time and keeps those already in place.
+@pytest.mark.parametrize("name", CASES)
 def test_bad_frames_never_kill_the_gateway(faults: FaultLab, name: str) -> None:
     case = CASES[name]
     lab = faults.lab

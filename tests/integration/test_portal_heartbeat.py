@@ -29,7 +29,8 @@ def portal(tmp_path):
     proc.stop()
 
 
-def test_stopped_portal_is_left_after_missed_heartbeats_and_rejoined(tmp_path, portal):
+def test_stopped_portal_is_left_after_missed_heartbeats_and_rejoined(tmp_path, portal, log_gate):
+    log_gate.allow(r"portal missed 3 heartbeats; reconnecting")
     gw = start_gateway(tmp_path, portal, extra_env={"FIREZONE_HEARTBEAT_INTERVAL": str(INTERVAL)})
     try:
         wait_for(lambda: readyz(gw) == 200, 15, "gateway joined")

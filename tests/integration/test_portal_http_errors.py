@@ -47,7 +47,8 @@ class FixedAnswerPortal:
 
 @pytest.mark.parametrize(("status", "needle"), [(403, "HTTP 403"), (422, "connection parameters"),
                                                 (404, "HTTP 404")])
-def test_client_errors_are_fatal_with_the_status(tmp_path, status, needle):
+def test_client_errors_are_fatal_with_the_status(tmp_path, status, needle, log_gate):
+    log_gate.allow(r"Failed to start Gateway: portal rejected the connection with HTTP")
     portal = FixedAnswerPortal(status, "nope")
     try:
         gw = start_gateway(tmp_path, portal)

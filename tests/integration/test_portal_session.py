@@ -104,7 +104,8 @@ def test_readyz_503_before_joining(tmp_path):
         gw.stop()
 
 
-def test_wrong_token_exits_1_with_clear_message(tmp_path, portal):
+def test_wrong_token_exits_1_with_clear_message(tmp_path, portal, log_gate):
+    log_gate.allow(r"Failed to start Gateway: portal rejected the connection with HTTP 401")
     gw = start_gateway(tmp_path, portal, token="wrong-token-value")
     code = gw.popen.wait(15)
     gw.stop()
@@ -114,7 +115,8 @@ def test_wrong_token_exits_1_with_clear_message(tmp_path, portal):
     assert "wrong-token-value" not in out and "Traceback" not in out
 
 
-def test_gives_up_after_max_elapsed(tmp_path):
+def test_gives_up_after_max_elapsed(tmp_path, log_gate):
+    log_gate.allow(r"Failed to start Gateway: Got disconnected from portal and hit the max-retry limit")
     class Nowhere:
         url = f"http://127.0.0.1:{free_port()}"
 
