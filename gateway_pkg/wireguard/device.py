@@ -137,22 +137,47 @@ class _Peer:
 
 
 class _HandshakeLoadMeter:
-    """Counts handshake messages per one-second bucket to decide whether we are loaded."""
+    """Decides per handshake message whether it needs a cookie first (True) or gets the
+    Diffie-Hellman work at once, counting messages in one-second buckets.
 
-    __slots__ = ("_bucket", "_count", "_limit")
+    Up to `limit` messages a second the device is not loaded. Beyond that, a message still
+    goes through when its source (address and port, what a cookie is bound to) has sent at most
+    `per_source` handshake messages this second and fewer than `limit` such exemptions were
+    granted: a flood from one source or a few (one host's sockets, or a host behind the same
+    NAT as the client) cannot make a client that contacts us for the first time wait for its
+    retransmission (5 s), and a flood from spoofed or ever-new sources still costs at most
+    twice `limit` Diffie-Hellman operations a second. At most `max_sources` sources are
+    remembered per second.
+    """
 
-    def __init__(self, limit: int) -> None:
+    __slots__ = ("_bucket", "_count", "_exempted", "_limit", "_max_sources", "_per_source", "_sources")
+
+    def __init__(self, limit: int, per_source: int = 2, max_sources: int = 4096) -> None:
         self._limit = limit
+        self._per_source = per_source
+        self._max_sources = max_sources
         self._bucket = -1
         self._count = 0
+        self._exempted = 0
+        self._sources: dict[Endpoint, int] = {}
 
-    def observe(self, now: float) -> bool:
+    def observe(self, now: float, source: Endpoint = ("", 0)) -> bool:
         bucket = int(now)
         if bucket != self._bucket:
             self._bucket = bucket
-            self._count = 0
+            self._count = self._exempted = 0
+            self._sources.clear()
         self._count += 1
-        return self._count > self._limit
+        sources = self._sources
+        seen = sources.get(source, 0) + 1
+        if seen > 1 or len(sources) < self._max_sources:
+            sources[source] = seen
+        if self._count <= self._limit:
+            return False
+        if seen <= self._per_source and self._exempted < self._limit:
+            self._exempted += 1
+            return False
+        return True
 
 
 class WireGuardDevice:
@@ -400,17 +425,17 @@ class WireGuardDevice:
             self._initiate_handshake(peer, now, out, retry=False)
         return out
 
-    def _loaded(self, now: float) -> bool:
+    def _loaded(self, now: float, source: Endpoint) -> bool:
         if self._under_load is not None:
             return self._under_load()
-        return self._load_meter.observe(now)
+        return self._load_meter.observe(now, source)
 
     def _cookie_required(self, data: bytes, sender_index: int, mac1_offset: int, mac2_offset: int,
                          source: Endpoint, now: float, out: DeviceOutput) -> bool:
         """Under load, a handshake message without a valid mac2 gets a cookie reply instead of
         Diffie-Hellman work. True when that happened (the message is not processed)."""
         checker = self._cookie_checker
-        if not self._loaded(now) or checker.check_mac2(data, mac2_offset, source, now):
+        if not self._loaded(now, source) or checker.check_mac2(data, mac2_offset, source, now):
             return False
         reply = checker.create_reply(data, sender_index=sender_index, mac1_offset=mac1_offset, source=source, now=now)
         out.datagrams.append((reply, source))

@@ -89,3 +89,38 @@ def test_default_load_detection_at_100_handshakes_per_second() -> None:
     # A new second starts a new budget.
     message[116:132] = mac(mac1_key, bytes(message[:116]))
     assert gateway.receive_datagram(bytes(message), ("198.51.100.1", 1), 5001.0).dropped() == ["decrypt"]
+
+
+def _junk_initiation(gateway: WireGuardDevice, n: int) -> bytes:
+    """A valid mac1 and a garbage body: handshake load that costs the responder its DH."""
+    message = bytearray(struct.pack("<II", 1, n) + bytes(140))
+    message[116:132] = mac(hash_(LABEL_MAC1 + gateway.public_key), bytes(message[:116]))
+    return bytes(message)
+
+
+def test_a_flood_from_one_source_does_not_make_a_new_source_wait_for_a_cookie() -> None:
+    gateway = WireGuardDevice(keys.generate_private_key())
+    for n in range(500):  # one flooding address: cookies once past the budget
+        gateway.receive_datagram(_junk_initiation(gateway, n), ("198.51.100.1", 1), 5000.0 + n / 10_000)
+    assert gateway.receive_datagram(_junk_initiation(gateway, 500), ("198.51.100.1", 1), 5000.06).dropped() \
+        == ["cookie_required"]
+    # A client contacting us for the first time, in the same second, even from the flood's
+    # address (behind the same NAT): Diffie-Hellman at once.
+    assert gateway.receive_datagram(_junk_initiation(gateway, 501), ("198.51.100.1", 2), 5000.07).dropped() \
+        == ["decrypt"]
+    assert gateway.receive_datagram(_junk_initiation(gateway, 510), ("203.0.113.9", 1), 5000.07).dropped() \
+        == ["decrypt"]
+    # Its third message in that second is treated like the flood's.
+    gateway.receive_datagram(_junk_initiation(gateway, 502), ("203.0.113.9", 1), 5000.08)
+    assert gateway.receive_datagram(_junk_initiation(gateway, 503), ("203.0.113.9", 1), 5000.09).dropped() \
+        == ["cookie_required"]
+
+
+def test_a_flood_from_spoofed_addresses_gets_at_most_twice_the_budget_of_work() -> None:
+    gateway = WireGuardDevice(keys.generate_private_key())
+    worked = 0
+    for n in range(2000):  # every message from another address, within one second
+        reasons = gateway.receive_datagram(_junk_initiation(gateway, n), (f"10.{n >> 8}.{n & 255}.1", 1),
+                                           7000.0 + n / 10_000).dropped()
+        worked += reasons == ["decrypt"]
+    assert worked == 200
