@@ -2,12 +2,13 @@
 """Bring up the e2e lab in running containers, from the controller, with podman cp/exec only
 (one exec per container: Ansible's per-task cost through `podman exec` is about 3 s here).
 
-  E2E_GATEWAY_TOKEN=... lab_up.py --lab C --client C --net 10.89.61 --wheels DIR [--gateway C ...]
+  E2E_GATEWAY_TOKEN=... lab_up.py --lab C [--client C] --net 10.89.61 --wheels DIR [--gateway C ...]
                                   [--relay] [--ice-client]
 
 - lab: the dev portal wheels (DIR, built by `pip wheel '.[devportal]'`), tokens and
   files/lab_setup.sh: dev portal, unbound with lab.test., HTTP resources (all systemd units).
-- client: files/client_setup.sh: WireGuard keys and wg0 (wireguard-go).
+- client (if given; the uninstall scenario has none): files/client_setup.sh: WireGuard keys and
+  wg0 (wireguard-go).
 - gateways: /etc/resolv.conf -> the lab's unbound (the gateway resolves DNS resources through
   its system configuration, as on a real host; unbound forwards all other names).
 - with --relay (opt-in; the Molecule scenarios do not pass it), files/lab_relay.sh on the lab:
@@ -59,7 +60,7 @@ def build_wheels(wheels: Path, ice: bool = False) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lab", required=True)
-    parser.add_argument("--client", required=True)
+    parser.add_argument("--client")
     parser.add_argument("--gateway", action="append", default=[])
     parser.add_argument("--net", required=True)
     parser.add_argument("--wheels", required=True, type=Path)
@@ -68,6 +69,8 @@ def main() -> int:
     parser.add_argument("--ice-client", action="store_true",
                         help="also the aioice agent (tests/iceclient.py) in the client, for labcheck.py --ice")
     args = parser.parse_args()
+    if args.ice_client and not args.client:
+        parser.error("--ice-client needs --client")
     token = os.environ.get("E2E_GATEWAY_TOKEN", "")
     if not token:
         sys.exit("lab_up: set E2E_GATEWAY_TOKEN")
@@ -87,8 +90,9 @@ def main() -> int:
     if args.relay:
         print(podman("exec", "-e", f"E2E_NET={args.net}", args.lab, "/opt/lab/lab_relay.sh").strip())
 
-    podman("cp", str(HERE / "files" / "client_setup.sh"), f"{args.client}:/usr/local/sbin/client_setup.sh")
-    print(podman("exec", args.client, "/usr/local/sbin/client_setup.sh").strip())
+    if args.client:
+        podman("cp", str(HERE / "files" / "client_setup.sh"), f"{args.client}:/usr/local/sbin/client_setup.sh")
+        print(podman("exec", args.client, "/usr/local/sbin/client_setup.sh").strip())
     if args.ice_client:
         with tempfile.TemporaryDirectory(prefix="fz-ice-") as tmp:
             stage = Path(tmp) / "ice"
