@@ -16,6 +16,7 @@ from typing import NoReturn
 from gateway_pkg import __version__
 from gateway_pkg import config as config_mod
 from gateway_pkg.errors import ConfigError, GatewayError, RuntimeFailure
+from gateway_pkg.logs import command_line
 from gateway_pkg.settings import SETTINGS, Setting
 
 PROG = "firezone-gateway"
@@ -112,7 +113,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str], *, run: Callable[[conf
         run(config)
         return 0
     except GatewayError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        print(command_line(PROG, str(exc), "ERROR", environ), file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
         return 0
@@ -120,6 +121,6 @@ def main(argv: Sequence[str], environ: Mapping[str, str], *, run: Callable[[conf
         import logging
 
         logging.getLogger("gateway_pkg").debug("internal error", exc_info=True)
-        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} (RUST_LOG=debug shows the traceback)",
-              file=sys.stderr)
+        print(command_line(PROG, f"internal error: {type(exc).__name__}: {exc} (RUST_LOG=debug shows the traceback)",
+                           "ERROR", environ), file=sys.stderr)
         return 1

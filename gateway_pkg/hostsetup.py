@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Final, NoReturn
 
 from gateway_pkg.errors import ConfigError
+from gateway_pkg.logs import command_line
 from gateway_pkg.netconst import ROUTE_TABLE, SYSCTLS, TUN_DNS_PORT, TUN_NAME, TUNNEL_V4, TUNNEL_V6
 
 PROG = "firezone-gateway-init"
@@ -394,9 +395,17 @@ def ensure_gateway_id(path: Path, derive: Callable[[], str] = derive_gateway_id,
     return new, True
 
 
+def _say(message: str, level: str = "INFO", *, err: bool = False) -> None:
+    """One line of output: `firezone-gateway-init: ...`, or JSON with FIREZONE_LOG_FORMAT=json
+    (the unit's EnvironmentFile sets it for this ExecStartPre too); warnings say so."""
+    if level == "WARN":
+        message = f"warning: {message}"
+    print(command_line(PROG, message, level), file=sys.stderr if err else sys.stdout)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        print(f"{PROG}: {message}", file=sys.stderr)
+        _say(message, "ERROR", err=True)
         raise SystemExit(2)
 
 
@@ -425,41 +434,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             gateway_id, written = ensure_gateway_id(Path(args.id_path))
         except SetupError as exc:
-            print(f"{PROG}: {exc}", file=sys.stderr)
+            _say(str(exc), "ERROR", err=True)
             return 1
         if written:
-            print(f"{PROG}: wrote FIREZONE_ID {gateway_id} to {args.id_path} (derived from {MACHINE_ID_PATH})")
+            _say(f"wrote FIREZONE_ID {gateway_id} to {args.id_path} (derived from {MACHINE_ID_PATH})", "INFO")
     egress = args.egress_interface or default_route_interfaces()
     try:
         wrong = apply_sysctls(write=not args.no_sysctl)
         for key in wrong:
-            print(f"{PROG}: warning: sysctl {key} is not {SYSCTLS[key]}; forwarding may not work", file=sys.stderr)
+            _say(f"sysctl {key} is not {SYSCTLS[key]}; forwarding may not work", "WARN", err=True)
         if wrong and args.strict:
             return 1
         if not egress:
-            print(f"{PROG}: warning: no default route: no MASQUERADE rule added "
-                  "(pass --egress-interface)", file=sys.stderr)
+            _say("no default route: no MASQUERADE rule added (pass --egress-interface)", "WARN", err=True)
         for line in apply_rules(egress):
-            print(f"{PROG}: {line}")
+            _say(line)
     except SetupError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        _say(str(exc), "ERROR", err=True)
         return 1
     return 0
 
 
 def _remove(*, dry_run: bool) -> int:
     if os.geteuid() != 0 and not dry_run:
-        print(f"{PROG}: --remove needs root (it deletes iptables rules and ip rules)", file=sys.stderr)
+        _say("--remove needs root (it deletes iptables rules and ip rules)", "ERROR", err=True)
         return 1
     result = remove_rules(dry_run=dry_run)
     for line in result.removed:
-        print(f"{PROG}: {line}")
+        _say(line)
     if not result.removed:
-        print(f"{PROG}: nothing to remove: no rule of the gateway is left")
+        _say("nothing to remove: no rule of the gateway is left")
     for line in result.warnings:
-        print(f"{PROG}: warning: {line}", file=sys.stderr)
+        _say(line, "WARN", err=True)
     for line in result.errors:
-        print(f"{PROG}: {line}", file=sys.stderr)
+        _say(line, "ERROR", err=True)
     return 1 if result.errors else 0
 
 

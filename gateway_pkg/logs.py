@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
+from collections.abc import Mapping
 from typing import TextIO
 
 _LEVELS = {
@@ -100,6 +102,20 @@ class JsonFormatter(logging.Formatter):
         if record.exc_text:
             doc["exception"] = record.exc_text
         return json.dumps(doc, separators=(",", ":"))
+
+
+def command_line(prog: str, message: str, level: str = "INFO",
+                 environ: Mapping[str, str] | None = None) -> str:
+    """One line a command prints itself (a fatal error, what firezone-gateway-init did): plain
+    `prog: message`, or with FIREZONE_LOG_FORMAT=json a JSON object like the log lines, so that
+    every line of the unit's journal parses as JSON."""
+    env = os.environ if environ is None else environ
+    if env.get("FIREZONE_LOG_FORMAT", "").strip().lower() != "json":
+        return f"{prog}: {message}"
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+    return json.dumps({"timestamp": f"{stamp}.{int(now * 1000) % 1000:03d}Z", "level": level, "target": prog,
+                       "message": message}, separators=(",", ":"))
 
 
 def setup(level: str, log_format: str, secrets: list[str], stream: TextIO | None = None) -> SecretScrubber:

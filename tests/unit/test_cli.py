@@ -18,6 +18,15 @@ def test_missing_token_exits_2_with_one_line(capsys, tmp_path):
     assert out.err.count("\n") == 1 and "FIREZONE_TOKEN" in out.err and "Traceback" not in out.err
 
 
+def test_with_json_logs_the_error_line_is_json_too(capsys, tmp_path):
+    import json
+
+    status, out = run_main(capsys, {"FIREZONE_ID_PATH": str(tmp_path / "x"), "FIREZONE_LOG_FORMAT": "json"})
+    assert status == 2 and out.err.count("\n") == 1
+    doc = json.loads(out.err)
+    assert doc["level"] == "ERROR" and doc["target"] == "firezone-gateway" and "FIREZONE_TOKEN" in doc["message"]
+
+
 def test_positional_token_is_refused_without_echo(capsys):
     status, out = run_main(capsys, {"FIREZONE_ID": "x"}, ["super-secret-token"])
     assert status == 2

@@ -209,6 +209,17 @@ def test_remove_needs_root_and_dry_run_needs_remove(monkeypatch, capsys):
     assert "--dry-run only goes with --remove" in capsys.readouterr().err
 
 
+def test_with_json_logs_every_line_is_a_json_object(monkeypatch, capsys):
+    import json
+
+    monkeypatch.setenv("FIREZONE_LOG_FORMAT", "json")
+    monkeypatch.setattr(hostsetup.os, "geteuid", lambda: 1000)
+    assert hostsetup.main(["--remove"]) == 1
+    doc = json.loads(capsys.readouterr().err)
+    assert doc["level"] == "ERROR" and doc["target"] == "firezone-gateway-init"
+    assert doc["message"] == "--remove needs root (it deletes iptables rules and ip rules)"
+
+
 def test_main_prints_one_line_per_removal(monkeypatch, capsys):
     host = FakeHost()
     hostsetup.apply_rules(["gone0"], runner=host.run)
