@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-netns test unit lint lint-python lint-ansible bench e2e deps venv wheelhouse docs-ansible docs-config clean help fuzz fuzz-ci
+.PHONY: demo demo-netns test unit lint lint-python lint-ansible bench e2e deps venv collection wheelhouse docs-ansible docs-config clean help fuzz fuzz-ci
 
 help:
 	@echo "make demo   - site.yml rolls out two gateway containers; tunnel and DNS TTL proven; summary table"
@@ -77,6 +77,10 @@ lint-ansible: venv
 	@for p in playbooks/*.yml; do $(BIN)/ansible-playbook -i inventory.example --syntax-check $$p >/dev/null || exit 1; done
 	@if command -v shellcheck >/dev/null; then shellcheck tools/*.sh scripts/*.sh molecule/shared/*.sh molecule/shared/files/*.sh; \
 	else echo "shellcheck not installed (make deps)"; fi
+
+# The Ansible collection fzpy.firezone (galaxy.yml): the role and the playbooks, into dist/.
+collection: venv
+	@$(BIN)/ansible-galaxy collection build --force --output-path dist .
 
 # Wheels of the package and its dependencies, with SHA256SUMS, for the role's offline install.
 wheelhouse: venv
