@@ -36,7 +36,7 @@ for path in (ROOT, ROOT / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from common import LoadGate, cpu_seconds, loadavg  # noqa: E402
+from common import LoadGate, cpu_seconds, loadavg, log_gate_report  # noqa: E402
 
 from tests import netlab  # noqa: E402
 from tests.lab import LAB_TOKEN, Lab  # noqa: E402
@@ -60,6 +60,7 @@ class Bench:
         self.lab: Lab | None = None
         self.results: dict[str, dict[str, list[float]]] = {mode: {} for mode in SETTINGS}
         self.flow_lines = dict.fromkeys(SETTINGS, 0)
+        self.outputs: list[str] = []
 
     def up(self) -> None:
         net = self.net.up()
@@ -125,6 +126,7 @@ class Bench:
               f"CPU {cpu / self.flows * 1000:.2f} ms each", flush=True)
         gateway.stop()
         self.flow_lines[mode] += sum(1 for line in gateway.output().splitlines() if "gateway_pkg.flows: Flow" in line)
+        self.outputs.append(gateway.output())
 
 
 ROWS = [("tcp_up.gbps", "TCP up, Gbit/s"), ("tcp_up.cpu_s_per_gb", "TCP up, CPU s/GB"),
@@ -156,6 +158,8 @@ def main() -> int:
             bench.down()
     print(f"load average after: {loadavg()}")
     print(f"flow-log lines written: off {bench.flow_lines['off']}, on {bench.flow_lines['on']}")
+    assert bench.lab is not None
+    print(log_gate_report(bench.outputs, bench.lab.logs))
     print(f"\n{'':24} {'flow logs off':>30} {'flow logs on':>30} {'on / off':>9}")
     for key, label in ROWS:
         off, on = bench.results["off"].get(key, []), bench.results["on"].get(key, [])

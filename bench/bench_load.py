@@ -78,7 +78,7 @@ for path in (ROOT, ROOT / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from common import LoadGate, cpu_seconds, loadavg, nstat, parse_ping  # noqa: E402
+from common import LoadGate, cpu_seconds, loadavg, log_gate_report, nstat, parse_ping  # noqa: E402
 
 from gateway_pkg.wireguard import keys  # noqa: E402
 from tests import netlab  # noqa: E402
@@ -664,6 +664,7 @@ def run_part(name: str, args: argparse.Namespace, gate: LoadGate) -> int:
         PARTS[name](load, args, verdicts)
         ok = True
     finally:
+        gateway_log = load.gateway.output() if load.gateway is not None else ""
         load.down()
         if not ok:
             for log in sorted(workdir.glob("*.log")):
@@ -673,6 +674,9 @@ def run_part(name: str, args: argparse.Namespace, gate: LoadGate) -> int:
             print(f"logs kept in {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    if load.lab is not None and gateway_log:
+        # The flood provokes no warning of the gateway: the drops are counted, not logged.
+        print(log_gate_report([gateway_log], load.lab.logs))
     status = verdicts.print(f"bench_load {name}")
     print(f"load average after: {loadavg()} (1, 5, 15 min); {name} took {time.monotonic() - started:.0f} s",
           flush=True)

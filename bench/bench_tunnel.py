@@ -93,6 +93,7 @@ from common import (  # noqa: E402
     cpu_seconds,
     highest_rate,
     loadavg,
+    log_gate_report,
     nstat,
     parse_ping,
     udp_errors,
@@ -706,6 +707,8 @@ def main() -> int:
             print(f"run {step}/{len(order)}: ({key}) {bench.sides[key].label}", flush=True)
             bench.measure(key)
         bench.table(gate)
+        assert bench.gateway is not None and bench.lab is not None
+        print(log_gate_report([bench.gateway.output()], bench.lab.logs))
         if args.profile:
             bench.profile()
         ok = True

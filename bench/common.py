@@ -19,12 +19,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.hygiene import UDP_ERRORS, cpu_seconds, nstat, udp_errors
+from tests.hygiene import UDP_ERRORS, LogGate, cpu_seconds, nstat, udp_errors
 
 __all__ = ["LOAD_LIMIT", "UDP_ERRORS", "LoadGate", "Ping", "SyscallCounter", "cpu_seconds", "highest_rate", "loadavg",
-           "nstat", "parse_ping", "udp_errors"]
+           "log_gate_report", "nstat", "parse_ping", "udp_errors"]
 
 LOAD_LIMIT = 0.5  # 1-minute load average above which ratios are not printed (unless --force)
+
+
+# --- the gateway's log -------------------------------------------------------------------------
+
+def log_gate_report(outputs: list[str], gate: LogGate) -> str:
+    """The tests' log gate (tests/hygiene.py) on the gateways of a benchmark: one line saying
+    whether they wrote a WARN/ERROR line nobody announced, with the first few."""
+    found = [line for output in outputs for line in gate.unexpected(output)]
+    if not found:
+        return "gateway log: no unexpected WARN or ERROR line"
+    return f"gateway log: {len(found)} unexpected WARN/ERROR line(s):\n  " + "\n  ".join(found[:5])
 
 
 # --- load ----------------------------------------------------------------------------------------
