@@ -14,7 +14,7 @@ help:
 	@echo "make demo-netns - the gateway, dev portal and a WireGuard client in network namespaces (fast)"
 	@echo "make e2e    - the Molecule scenarios (default, uninstall, fleet)"
 	@echo "make test   - unit, property and namespace integration tests (everything but containers)"
-	@echo "make test-fallback - the data-plane tests again with the kernel offloads off"
+	@echo "make test-fallback - the data-plane tests again with the kernel offloads and the native checksums off"
 	@echo "make lint   - ruff, mypy and the Ansible checks"
 	@echo "make bench  - side-by-side benchmarks (ours vs the reference) with ratios"
 	@echo "make fuzz   - coverage-guided fuzzing (atheris) of every parser of untrusted bytes, >= 100,000 inputs per target"
@@ -22,7 +22,7 @@ help:
 deps:
 	@scripts/deps.sh
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py gateway_pkg/_native.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/pip install -q --upgrade pip
 	@$(BIN)/pip install -q -e '.[test,devportal,lint,fuzz]'
@@ -51,12 +51,13 @@ unit: venv
 test: deps venv
 	@$(BIN)/pytest -q -m "" $(PYTEST_ARGS)
 
-# The data-plane tests again, every gateway on the fallback path (no kernel offloads).
+# The data-plane tests again, every gateway on the fallback path: no kernel offloads and the
+# pure-Python checksums (FIREZONE_NATIVE=off; the offload and checksum unit tests in process).
 FALLBACK_TESTS = tests/integration/test_dataplane.py tests/integration/test_outer_mtu.py \
 	tests/integration/test_wireguard_interop.py tests/integration/test_nat_traversal.py \
-	tests/integration/test_dns_tunnel.py
+	tests/integration/test_dns_tunnel.py tests/unit/tunnel/test_offload.py tests/unit/tunnel/test_checksum.py
 test-fallback: deps venv
-	@FIREZONE_OFFLOADS=off $(BIN)/pytest -q -m "" $(FALLBACK_TESTS) $(PYTEST_ARGS)
+	@FIREZONE_OFFLOADS=off FIREZONE_NATIVE=off $(BIN)/pytest -q -m "" $(FALLBACK_TESTS) $(PYTEST_ARGS)
 
 lint: lint-python lint-ansible
 

@@ -1,13 +1,16 @@
 """Per-packet cost of the TUN offloads' byte work (tunnel/offload.py), sans I/O.
 
-Run: .venv/bin/python bench/bench_offload.py
+Run: .venv/bin/python bench/bench_offload.py [--native both|auto|off]
 Prints microseconds per packet: split_read of a 64 KB TCP super-packet (per segment it
 yields), coalesce of 44 TCP segments into one GRO write (per segment), a NEEDS_CSUM
 completion and a plain NO_OFFLOAD pass-through (per packet), with a reference (copying and
 checksumming one 1280-byte packet) and the 1-minute load average before and after: on a busy
 machine the figures run high (timings on shared machines vary up to ~1.8x between runs).
+--native: the checksums of gateway_pkg._native (auto), the pure-Python ones (off), or both
+(the default), each case measured on both paths back to back, with the ratio off / native.
 """
 
+import argparse
 import os
 import struct
 import sys
@@ -17,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gateway_pkg.tunnel import checksum
 from gateway_pkg.tunnel.checksum import internet_checksum
 from gateway_pkg.tunnel.offload import GSO_NONE, VNET_HDR_LEN, coalesce, split_read
 from tests.unit.tunnel.test_offload import flow, gso_read, udp, vnet
@@ -24,7 +28,10 @@ from tests.unit.tunnel.test_offload import flow, gso_read, udp, vnet
 MSS = 1240  # the TCP payload of a 1280-byte IPv4 packet (tun-firezone's MTU)
 
 
-def bench(name: str, fn: Callable[[], object], per: int, seconds: float = 1.0) -> float:
+MODES: list[str] = ["off", "auto"]
+
+
+def measure(fn: Callable[[], object], per: int, seconds: float) -> float:
     for _ in range(20):
         fn()
     n = 0
@@ -34,13 +41,34 @@ def bench(name: str, fn: Callable[[], object], per: int, seconds: float = 1.0) -
         for _ in range(20):
             fn()
         n += 20
-    us = (time.perf_counter() - start) / (n * per) * 1e6
-    print(f"{name:<58} {us:7.2f} us/packet")
-    return us
+    return (time.perf_counter() - start) / (n * per) * 1e6
+
+
+def bench(name: str, fn: Callable[[], object], per: int, seconds: float = 1.0) -> None:
+    """`fn` on each path of MODES (the checksums switched as the gateway switches them)."""
+    figures = {}
+    for mode in MODES:
+        checksum.select_native(mode)
+        figures[mode] = measure(fn, per, seconds)
+    cells = " ".join(f"{figures[m]:7.2f}" for m in MODES)
+    ratio = f" {figures['off'] / figures['auto']:5.2f}x" if len(MODES) == 2 else ""
+    print(f"{name:<58} {cells}{ratio}")
 
 
 def main() -> None:
-    print(f"Python {sys.version.split()[0]}; load average (1 min) before: {os.getloadavg()[0]:.2f}")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--native", choices=["both", "auto", "off"], default="both")
+    args = parser.parse_args()
+    MODES[:] = ["off", "auto"] if args.native == "both" else [args.native]
+    load = os.getloadavg()[0]
+    print(f"Python {sys.version.split()[0]}; load average (1 min) before: {load:.2f}"
+          + (" (above 0.5: not idle, the figures and ratios are taken under load)" if load > 0.5 else ""))
+    for mode in MODES:
+        print(f"  {mode:<4}: {checksum.select_native(mode)}")
+    if "auto" in MODES and not checksum.native_active:
+        print("  (gateway_pkg._native is not built: auto is pure Python here)")
+    header = " ".join(f"{'pure' if m == 'off' else 'native':>7}" for m in MODES)
+    print(f"{'us/packet':<58} {header}{'  ratio' if len(MODES) == 2 else ''}")
     tso4 = gso_read(6, 4, bytes(i % 251 for i in range(65535 - 40)), MSS)
     tso6 = gso_read(6, 6, bytes(i % 251 for i in range(65535 - 20)), MSS - 20)
     uso4 = gso_read(17, 4, bytes(i % 251 for i in range(44 * 1252)), 1252)

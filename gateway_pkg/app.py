@@ -28,6 +28,7 @@ from gateway_pkg.health import HealthServer
 from gateway_pkg.interfaces import DataPlane
 from gateway_pkg.portal import messages
 from gateway_pkg.portal.client import PortalClient
+from gateway_pkg.tunnel import checksum
 from gateway_pkg.tunnel.dataplane import TunnelDataPlane
 from gateway_pkg.wireguard.keys import generate_private_key, key_to_base64, public_key
 
@@ -119,6 +120,7 @@ class Gateway:
 def build(config: Config) -> Gateway:
     """Every part, built once and handed to the parts that use it."""
     private_key = generate_private_key()  # a new static key per process start, as upstream
+    checksum.select_native(config.dataplane.native)  # FIREZONE_NATIVE, once: the data plane logs it
     flags = FeatureFlags(config.flags, config.external_id)
     if config.dataplane.disabled:
         return Gateway(config, ControlOnlyDataPlane(), flags, public_key(private_key))

@@ -74,6 +74,7 @@ class DataPlaneSettings:
     rekey_after_time: float | None = settings.default("dataplane.rekey_after_time")
     disabled: bool = settings.default("dataplane.disabled")
     offloads: str = settings.default("dataplane.offloads")
+    native: str = settings.default("dataplane.native")
     flow_logs: bool = settings.default("dataplane.flow_logs")
     metrics_per_client: bool = settings.default("dataplane.metrics_per_client")
 

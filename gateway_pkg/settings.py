@@ -345,6 +345,11 @@ SETTINGS: tuple[Setting, ...] = (
        "Kernel offloads of the packet path: auto (use each one the kernel offers: UDP GSO and GRO, "
        "TUN checksum, TSO and USO), no-uso (as on Linux 6.1: no UDP segmentation on the TUN) or off "
        "(one system call per packet, no virtio header).", group=DATAPLANE),
+    _s("FIREZONE_NATIVE", "dataplane.native", _choice("auto", "off"), "auto",
+       "Checksums of the packet path (TUN offloads' segmentation and coalescing, IP and ICMP "
+       "checksums): auto (the C extension gateway_pkg._native when it was built at install, "
+       "else pure Python) or off (pure Python). The start log's \"Packet path\" line says which runs.",
+       group=DATAPLANE),
     _s("FIREZONE_ID_PATH", "id_path", PATH, "/var/lib/firezone/gateway_id",
        "File holding FIREZONE_ID when the variable is unset.", group=TESTING, advanced=True),
     _s("FIREZONE_MAX_RECONNECT_SECONDS", "portal.max_reconnect_elapsed", POSITIVE_SECONDS, "900",

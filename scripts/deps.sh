@@ -11,6 +11,11 @@ for pair in wireguard-go:wireguard-go wg:wireguard-tools unbound:unbound unbound
   command -v "$cmd" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# The optional C extension gateway_pkg._native (setup.py): a compiler, libc headers, Python.h.
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+[ -e /usr/include/stdint.h ] || need+=(libc6-dev)
+python3 -c 'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  2>/dev/null || need+=(libpython3-dev)
 if ((${#need[@]})); then
   mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
   echo "deps: installing ${need[*]}"

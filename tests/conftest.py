@@ -75,3 +75,11 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, A
         if (path is not None and _under_integration_dir(Path(path))) or NEEDS.search(reason):
             _fail(report, reason)
     return report
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """FIREZONE_NATIVE=off (`make test-fallback`) puts the in-process tests on the pure-Python
+    checksums too; the gateways the integration tests start read it themselves (base_env)."""
+    from gateway_pkg.tunnel import checksum
+
+    checksum.select_native(os.environ.get("FIREZONE_NATIVE", "").strip().lower() or "auto")

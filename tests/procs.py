@@ -125,9 +125,9 @@ class Proc:
 
 
 def base_env() -> dict[str, str]:
-    # FIREZONE_OFFLOADS: `FIREZONE_OFFLOADS=off make test-fallback` runs the data-plane tests
-    # with every gateway on the one-packet-per-call path.
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "TMPDIR", "FIREZONE_OFFLOADS")
+    # FIREZONE_OFFLOADS, FIREZONE_NATIVE: `make test-fallback` runs the data-plane tests with
+    # both off, every gateway on the one-packet-per-call path with pure-Python checksums.
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "TMPDIR", "FIREZONE_OFFLOADS", "FIREZONE_NATIVE")
     env = {k: v for k, v in os.environ.items() if k in keep}
     env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"
     return env

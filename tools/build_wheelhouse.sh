@@ -11,6 +11,11 @@
 #   PROJECT_DIR            source tree to build (default: this repository)
 # Without TARGET_PLATFORM the dependencies are resolved for the controller, which must then
 # match the hosts (CPU architecture, Python minor version).
+# The project's wheel carries the optional C extension gateway_pkg._native when the controller
+# has a C compiler and the Python headers (cp311-abi3-linux_<arch>: any CPython >= 3.11 of that
+# architecture), else it is pure (py3-none-any). With TARGET_PLATFORM it is built pure
+# (FIREZONE_BUILD_NATIVE=0): the controller cannot compile for another architecture. Set
+# FIREZONE_BUILD_NATIVE=0 to build it pure in any case.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,6 +28,7 @@ trap 'rm -rf "$work"' EXIT
 mkdir "$work/wheels"
 
 # The project itself (no dependencies: those are resolved below, for the target).
+if [ -n "${TARGET_PLATFORM:-}" ]; then export FIREZONE_BUILD_NATIVE=0; fi
 "$python" -m pip wheel --quiet --no-deps --wheel-dir "$work/build" "${PROJECT_DIR:-$root}"
 wheel=$(find "$work/build" -maxdepth 1 -name 'firezone_gateway_py-*.whl' -print -quit)
 [ -n "$wheel" ] || { echo "build_wheelhouse: no firezone_gateway_py wheel was built" >&2; exit 1; }
@@ -46,5 +52,5 @@ rm -rf "$out"
 mv "$out.new" "$out"
 
 version=$(basename "$wheel" | cut -d- -f2)
-echo "wheelhouse $out: firezone-gateway-py $version, $(grep -c . "$out/SHA256SUMS") wheels"
+echo "wheelhouse $out: firezone-gateway-py $version, $(grep -c . "$out/SHA256SUMS") wheels ($(basename "$wheel"))"
 echo "install with: -e firezone_gateway_version=$version -e firezone_gateway_wheelhouse_dir=$out"

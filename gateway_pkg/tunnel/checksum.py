@@ -13,6 +13,14 @@ that starts at an odd offset of the checksummed data must be shifted by 8 bits f
 Public API:
 - `fold(total)`: a sum reduced to a 16-bit ones' complement value (0 only for a zero sum,
   else 1..0xFFFF);
+- `ones_sum(data, initial=0)`: `fold` of the big-endian integer of `data` (odd length padded
+  with a zero byte) plus `initial`: the one entry point of the per-packet sums. It is the
+  C function of the optional extension `gateway_pkg._native` when that is built and
+  selected, else `py_ones_sum` (the reference; the two are held equal by
+  tests/unit/tunnel/test_native.py). Call it as `checksum.ones_sum(...)`, never bind it
+  with `from ... import`: `select_native` rebinds it once at start;
+- `select_native(mode)`: FIREZONE_NATIVE (auto: the C function if the module imports; off:
+  pure Python), called by the wiring root; returns the "Packet path" description;
 - `internet_checksum(data, initial=0)`: the checksum field value for `data` (odd length
   padded with a zero byte), with `initial` (e.g. a pseudo-header sum) added in; 0 when the
   data (checksum field included) already verifies;
@@ -25,7 +33,17 @@ Public API:
 
 from __future__ import annotations
 
+from types import ModuleType
+from typing import Protocol
+
 _from_bytes = int.from_bytes
+
+try:
+    from gateway_pkg import _native as _native_module
+except ImportError:  # not built (no C compiler at install, or FIREZONE_BUILD_NATIVE=0)
+    native: ModuleType | None = None
+else:
+    native = _native_module
 
 
 def fold(total: int) -> int:
@@ -34,11 +52,52 @@ def fold(total: int) -> int:
     return 0xFFFF if s == 0 and total != 0 else s
 
 
-def internet_checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
-    """RFC 1071 checksum of `data`, with `initial` (e.g. a pseudo-header sum) added in."""
+def py_ones_sum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
+    """fold(int.from_bytes(data padded to even length, "big") + initial), in Python: the big
+    integer is reduced before it is shifted (padding) or added to, which would copy it."""
+    whole = _from_bytes(data, "big")
+    s = whole % 0xFFFF
     if len(data) & 1:
-        data = bytes(data) + b"\x00"
-    s = fold(_from_bytes(data, "big") + initial)
+        s <<= 8  # as if padded with a zero byte
+    total = s + initial
+    r = total % 0xFFFF
+    if r:
+        return r
+    # A multiple of 0xFFFF: 0 only for a zero total (fold's edge case), exactly.
+    if initial >= 0:
+        return 0xFFFF if whole or initial else 0
+    return 0xFFFF if (whole << 8 if len(data) & 1 else whole) + initial else 0
+
+
+class OnesSum(Protocol):
+    def __call__(self, data: bytes | bytearray | memoryview, initial: int = 0, /) -> int: ...
+
+
+ones_sum: OnesSum = py_ones_sum
+native_active = False  # whether ones_sum is the C function
+selected = "pure Python"  # what runs, as the start log's "Packet path" line says it
+
+
+def select_native(mode: str) -> str:
+    """FIREZONE_NATIVE: "auto" uses the C ones_sum when gateway_pkg._native imports, "off"
+    the pure-Python one. Once, at start (the wiring root); returns what runs, for the log."""
+    global ones_sum, native_active, selected
+    if mode != "off" and native is not None:
+        ones_sum, native_active = native.ones_sum, True
+        selected = "native checksums (gateway_pkg._native)"
+    else:
+        ones_sum, native_active = py_ones_sum, False
+        selected = "pure Python (FIREZONE_NATIVE=off)" if mode == "off" else "pure Python (native module not built)"
+    return selected
+
+
+select_native("auto")  # the default until the wiring root selects
+
+
+def internet_checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
+    """RFC 1071 checksum of `data` (odd length padded with a zero byte), with `initial` (e.g.
+    a pseudo-header sum) added in."""
+    s = ones_sum(data, initial)
     return 0xFFFF - s if s else 0xFFFF
 
 

@@ -44,7 +44,7 @@ from gateway_pkg.ice.node import (
 )
 from gateway_pkg.interfaces import PortalSender
 from gateway_pkg.portal import messages
-from gateway_pkg.tunnel import metrics, p2p_control
+from gateway_pkg.tunnel import checksum, metrics, p2p_control
 from gateway_pkg.tunnel.accounting import ClientCounters, ResourceCounters
 from gateway_pkg.tunnel.control import (
     AddPeer,
@@ -172,8 +172,8 @@ class TunnelDataPlane:
             self._udp_writer = BatchWriter("udp-writer", self._send_run, gso_runs, threaded=False)
         else:
             self._udp_writer = BatchWriter("udp-writer", self._send_one)
-        log.info("Packet path: pure Python", extra={"fields": {
-            "offloads": self.settings.offloads, "tun": self.tun.describe_offloads(),
+        log.info("Packet path: %s", checksum.selected, extra={"fields": {
+            "native": self.settings.native, "offloads": self.settings.offloads, "tun": self.tun.describe_offloads(),
             "udp_gso": "on" if gso else "off", "udp_gro": "on" if self._gro else "off"}})
         ports = {6 if sock.family == socket.AF_INET6 else 4: sock.getsockname()[1] for sock in self._sockets.values()}
         hosts = await asyncio.to_thread(uplink_addresses)

@@ -21,10 +21,11 @@ plane (`tunnel/dataplane.py`) does the reads and writes:
   as it came behind `NO_OFFLOAD`.
 
 The header is in native byte order (little-endian on every platform we run on): u8 flags,
-u8 gso_type, u16 hdr_len, u16 gso_size, u16 csum_start, u16 csum_offset. Checksums use
-`tunnel/checksum.py`'s int.from_bytes technique; sums of a segment's unchanged parts are
-computed once per super-packet and the changing fields (length, ID, sequence number, flags)
-are added as integers.
+u8 gso_type, u16 hdr_len, u16 gso_size, u16 csum_start, u16 csum_offset. Every sum over
+packet bytes is `checksum.ones_sum` (the C function of gateway_pkg._native when built and
+selected, else the int.from_bytes formula; looked up as an attribute so the selection at
+start holds); sums of a segment's unchanged parts are computed once per super-packet and
+the changing fields (length, ID, sequence number, flags) are passed as its `initial`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any, Final
 
+from gateway_pkg.tunnel import checksum
 from gateway_pkg.tunnel.checksum import fold
 
 VNET_HDR_LEN: Final = 10  # struct virtio_net_hdr, as TUN uses it by default (TUNSETVNETHDRSZ not called)
@@ -70,7 +72,6 @@ _unpack_u32 = _u32.unpack_from
 _pack_u32 = _u32.pack_into
 _pack_u16_u16 = struct.Struct("!HH").pack_into
 _unpack_seq_offset_flags = struct.Struct("!I4xBB").unpack_from  # at the TCP header + 4
-_from_bytes = int.from_bytes
 
 
 class OffloadError(ValueError):
@@ -111,11 +112,7 @@ def _complete_checksum(buf: bytes | bytearray | memoryview, n: int, start: int, 
     at = VNET_HDR_LEN + start + offset
     if at + 2 > n:
         raise OffloadError("csum_start + csum_offset beyond the packet")
-    covered = n - VNET_HDR_LEN - start
-    total = fold(_from_bytes(view[VNET_HDR_LEN + start :], "big"))
-    if covered & 1:
-        total <<= 8
-    csum = 0xFFFF - fold(total)
+    csum = 0xFFFF - checksum.ones_sum(view[VNET_HDR_LEN + start :])
     return b"".join((view[VNET_HDR_LEN:at], _u16.pack(csum or 0xFFFF), view[at + 2 :]))
 
 
@@ -130,6 +127,7 @@ def _segment(buf: bytes, n: int, gso_type: int, gso_size: int, csum_start: int, 
     if gso_size == 0:
         raise OffloadError("gso_size 0 with GSO")
     o = VNET_HDR_LEN  # where the IP packet starts in buf
+    ones_sum = checksum.ones_sum
     size = n - o
     first = buf[o]
     version = first >> 4
@@ -144,7 +142,7 @@ def _segment(buf: bytes, n: int, gso_type: int, gso_size: int, csum_start: int, 
         if _unpack_u16(buf, o + 6)[0] & 0x3FFF:
             raise OffloadError("a fragment under GSO")
         protocol = buf[o + 9]
-        address_sum = _from_bytes(buf[o + 12 : o + 20], "big")
+        address_sum = ones_sum(buf[o + 12 : o + 20])
     elif version == 6:
         if base == GSO_TCPV4:
             raise OffloadError("TCPV4 GSO on an IPv6 packet")
@@ -154,7 +152,7 @@ def _segment(buf: bytes, n: int, gso_type: int, gso_size: int, csum_start: int, 
         if _unpack_u16(buf, o + 4)[0] + 40 != size:
             raise OffloadError("IPv6 payload length is not the read's length")
         protocol = buf[o + 6]
-        address_sum = _from_bytes(buf[o + 8 : o + 40], "big")
+        address_sum = ones_sum(buf[o + 8 : o + 40])
     else:
         raise OffloadError("not IPv4 or IPv6")
     if csum_start != ihl:
@@ -181,7 +179,7 @@ def _segment(buf: bytes, n: int, gso_type: int, gso_size: int, csum_start: int, 
     if version == 4:
         header[2:6] = b"\x00\x00\x00\x00"  # total length, ID
         header[10:12] = b"\x00\x00"
-        ip_sum = _from_bytes(header[:ihl], "big")
+        ip_sum = ones_sum(header[:ihl])
         ip_id = _unpack_u16(buf, o + 4)[0]
     else:
         header[4:6] = b"\x00\x00"
@@ -196,9 +194,8 @@ def _segment(buf: bytes, n: int, gso_type: int, gso_size: int, csum_start: int, 
     else:
         seq = flags = 0
         header[ihl + 4 : ihl + 6] = b"\x00\x00"
-    # Pseudo-header without its length, plus the transport header's constant part. Big sums
-    # are folded before small ones are added: adding to a long int copies it.
-    l4_sum = fold(address_sum + protocol + _from_bytes(header[ihl:], "big"))
+    # Pseudo-header without its length, plus the transport header's constant part.
+    l4_sum = ones_sum(header[ihl:], address_sum + protocol)
 
     payload = size - hl
     count = -(-payload // gso_size)
@@ -216,9 +213,6 @@ def _segment(buf: bytes, n: int, gso_type: int, gso_size: int, csum_start: int, 
         data = buf[start:end]
         length = end - start
         l4_len = thl + length
-        data_sum = fold(_from_bytes(data, "big"))
-        if length & 1:  # the data ends the segment: as if padded with a zero byte
-            data_sum <<= 8
         if version == 4:
             total_length = hl + length
             ident = (ip_id + i) & 0xFFFF
@@ -231,10 +225,11 @@ def _segment(buf: bytes, n: int, gso_type: int, gso_size: int, csum_start: int, 
             seg_seq = (seq + i * gso_size) & 0xFFFFFFFF
             _pack_u32(header, ihl + 4, seg_seq)
             header[ihl + 13] = seg_flags
-            csum = 0xFFFF - fold(l4_sum + l4_len + seg_seq + seg_flags + data_sum)
+            # The data ends the segment: an odd length is padded with a zero byte.
+            csum = 0xFFFF - ones_sum(data, l4_sum + l4_len + seg_seq + seg_flags)
         else:
             _pack_u16(header, ihl + 4, l4_len)
-            csum = 0xFFFF - fold(l4_sum + l4_len + l4_len + data_sum) or 0xFFFF  # 0 is "no checksum"
+            csum = 0xFFFF - ones_sum(data, l4_sum + l4_len + l4_len) or 0xFFFF  # 0 is "no checksum"
         _pack_u16(header, csum_at, csum)
         append(b"".join((header, data)))
         start = end
@@ -256,23 +251,17 @@ _POS, _PACKETS, _IHL, _HL, _GSO, _NEXT_SEQ, _LAST_ID, _PAYLOAD, _SIG, _SIG_PSH, 
 
 def _checksums_ok(pkt: bytes, ihl: int, protocol: int) -> bool:
     """The IPv4 header checksum (IPv4) and the TCP/UDP checksum verify: sums that verify fold
-    to 0xFFFF. The transport part is summed without slicing it out: the packet's integer is
-    header * 2**(8 * l4_len) + transport, and 2**16 == 1 (mod 0xFFFF)."""
+    to 0xFFFF. The transport part is summed without slicing it out: the whole packet's sum
+    is the header's plus the transport's (the header has an even length), so IPv4's verified
+    header adds a multiple of 0xFFFF, and of IPv6's header all but the addresses (the first
+    8 bytes, never all zero) is taken back out as its complement."""
     l4_len = len(pkt) - ihl
-    whole = fold(_from_bytes(pkt, "big"))
+    ones_sum = checksum.ones_sum
     if ihl == 20:
-        header = fold(_from_bytes(pkt[:20], "big"))
-        if header != 0xFFFF:
+        if ones_sum(pkt[:20]) != 0xFFFF:
             return False
-        addresses = _from_bytes(pkt[12:20], "big")
-        transport = whole  # the header part is a multiple of 0xFFFF
-    else:
-        header = _from_bytes(pkt[:40], "big")
-        addresses = _from_bytes(pkt[8:40], "big")
-        transport = fold(whole - (header << 8 if l4_len & 1 else header))
-    if l4_len & 1:
-        transport <<= 8  # as if padded with a zero byte
-    return fold(transport + addresses + protocol + l4_len) == 0xFFFF
+        return ones_sum(pkt, ones_sum(pkt[12:20]) + protocol + l4_len) == 0xFFFF
+    return ones_sum(pkt, 0xFFFF - ones_sum(pkt[:8]) + protocol + l4_len) == 0xFFFF
 
 
 def _ip_compatible(pkt: bytes, head: bytes, ihl: int, last_id: int) -> bool:
@@ -486,12 +475,11 @@ def _super_packet(item: list[Any], merged: list[bytes]) -> bytes:
         total = hl + item[_PAYLOAD]
         _pack_u16(header, 2, total)
         header[10:12] = b"\x00\x00"
-        _pack_u16(header, 10, 0xFFFF - fold(_from_bytes(header[:20], "big")))
-        addresses = _from_bytes(head[12:20], "big")
+        _pack_u16(header, 10, 0xFFFF - checksum.ones_sum(header[:20]))
+        partial = checksum.ones_sum(head[12:20], protocol + l4_len)  # the pseudo-header sum, not complemented
     else:
         _pack_u16(header, 4, l4_len)
-        addresses = _from_bytes(head[8:40], "big")
-    partial = fold(addresses + protocol + l4_len)  # the pseudo-header sum, not complemented
+        partial = checksum.ones_sum(head[8:40], protocol + l4_len)
     if protocol == _TCP:
         if item[_PSH_SET]:
             header[ihl + 13] |= _PSH

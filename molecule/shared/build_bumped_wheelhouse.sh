@@ -9,7 +9,8 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 [ -f "$out/SHA256SUMS" ] && grep -q "firezone_gateway_py-$version-" "$out/SHA256SUMS" && { echo "$out: exists"; exit 0; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cp -r "$root/pyproject.toml" "$root/README.md" "$root/gateway_pkg" "$root/tools" "$work/"
+cp -r "$root/pyproject.toml" "$root/setup.py" "$root/README.md" "$root/gateway_pkg" "$root/tools" "$work/"
 find "$work" -name __pycache__ -prune -exec rm -rf {} +
+find "$work/gateway_pkg" -name '*.so' -delete  # the in-place build of `pip install -e .`: built anew
 sed -i "s/^__version__ = .*/__version__ = \"$version\"/" "$work/gateway_pkg/__init__.py"
 PYTHON="$root/.venv/bin/python" "$work/tools/build_wheelhouse.sh" "$out" 2>&1 | { grep "^wheelhouse " || true; }
