@@ -53,7 +53,7 @@ def test_it_holds_the_role_and_the_playbooks_and_nothing_of_the_repository(built
 
 def test_installed_its_playbooks_and_role_resolve_by_collection_name(built: Path, tmp_path: Path) -> None:
     collections = tmp_path / "collections"
-    done = subprocess.run([str(GALAXY), "collection", "install", "-p", str(collections), str(built)],
+    done = subprocess.run([str(GALAXY), "collection", "install", "--force", "-p", str(collections), str(built)],
                           capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     inventory = tmp_path / "inventory.yml"
