@@ -49,6 +49,7 @@ END_CLIENT_REMOVED: Final = "client_removed"
 END_STOPPED: Final = "gateway_stopped"
 
 _Key = tuple[int, bytes, bytes]  # protocol, both addresses, both ports (or echo id), as on the wire
+_EMPTY: dict[bytes, Flow] = {}  # the fast path's table for protocols that have none
 
 
 def _key(packet: bytes) -> tuple[_Key, int] | None:
@@ -165,7 +166,23 @@ class FlowTable:
     def count(self, client_id: str, resource_id: str, packet: bytes, now: float, wall: float,
               from_client: bool) -> Flow | None:
         """`outbound` (from_client) or `inbound`, one call less: what the packet path calls."""
-        # The fast path, inline (a call and a tuple per packet are measurable here).
+        # The hot path first, inline: a packet of a known TCP or UDP flow over IPv4 without
+        # options, not a fragment (a call, a tuple or a branch less per packet is measurable).
+        if packet[0] == 0x45 and not (packet[6] & 0x1F or packet[7]):
+            protocol = packet[9]
+            known = (self._tcp if protocol == PROTO_TCP else self._udp if protocol == PROTO_UDP else _EMPTY).get(
+                packet[12:24])
+            if known is not None and known.client_id == client_id:
+                if from_client:
+                    known.packets_in += 1
+                    known.bytes_in += len(packet)
+                else:
+                    known.packets_out += 1
+                    known.bytes_out += len(packet)
+                known.last = now
+                if protocol == PROTO_TCP and len(packet) > 33 and packet[33] & (_FIN | _RST):
+                    self._tcp_flags(known, packet[33], from_client, now)
+                return None
         flow: Flow | None = None
         first = packet[0]
         offset = -1
@@ -218,13 +235,17 @@ class FlowTable:
         if flow.protocol == PROTO_TCP and offset >= 0 and len(packet) > offset + 13:
             flags = packet[offset + 13]
             if flags & (_FIN | _RST):
-                if flags & _FIN:
-                    if from_client:
-                        flow.fin_in = True
-                    else:
-                        flow.fin_out = True
-                self._tcp_end(flow, flags, now)
+                self._tcp_flags(flow, flags, from_client, now)
         return started
+
+    def _tcp_flags(self, flow: Flow, flags: int, from_client: bool, now: float) -> None:
+        """A FIN or a RST: note the side, and end the flow once both closed or on a reset."""
+        if flags & _FIN:
+            if from_client:
+                flow.fin_in = True
+            else:
+                flow.fin_out = True
+        self._tcp_end(flow, flags, now)
 
     def _start(self, key: _Key, client_id: str, resource_id: str, now: float, wall: float) -> Flow | None:
         if self._count >= self._max:
