@@ -11,9 +11,19 @@
    and to the env file it had before the run, the rollout stops and the third host is not
    touched;
 4. a run at the old pin on the rolled-back host (without the broken portal address) changes
-   nothing and does not restart it: the unit names no version, so the rollback left it right.
+   nothing and does not restart it: the unit names no version, so the rollback left it right;
+5. a token rotation on the first host through playbooks/site.yml (--limit, the new token in an
+   extra-vars file, never on a command line): the token file changes, the gateway restarts
+   and rejoins, the ID stays, and neither token is in the output of any site.yml run.
 
-Environment: the one `molecule verify` gives its playbooks (MOLECULE_* and ANSIBLE_CONFIG).
+The client-visible gap of a planned restart (molecule/shared/outage.py): the client is
+connected through the first host to the cidr resource NET.11 and pings it every 0.2 s during
+the upgrade (2.) and the rotation (5.), asking for the flow again as a client does once the
+restarted gateway has rejoined with its new key. The longest time without a reply must stay
+under 5 s for that host.
+
+Environment: the one `molecule verify` gives its playbooks (MOLECULE_* and ANSIBLE_CONFIG), and
+E2E_GATEWAY_TOKEN / E2E_GATEWAY_TOKEN_NEXT (the inventory's token and the one the rotation moves to).
 """
 
 from __future__ import annotations
@@ -24,7 +34,11 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import outage
+from labcheck import CheckFailed, Lab, sh
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -100,6 +114,63 @@ def report_lines(out: str) -> list[str]:
     return [line.strip(" -'\"") for line in out.splitlines() if re.search(r"fz-e2e-fleet-gw\d\s", line)]
 
 
+def gap_during(lab: Lab, check: outage.GatewayCheck, resource: dict[str, object], what: str,
+               run: Callable[[], tuple[int, str]]) -> tuple[int, str, float]:
+    """`run()` with the client pinging through `check`'s gateway; its result and the longest gap."""
+    prober = outage.Prober(lab, f"{NET}.11", what)
+    alive = sh(CLIENT, "ping", "-q", "-c", "2", "-i", "0.2", "-W", "1", f"{NET}.11", check=False).returncode == 0
+    reconnect = outage.Reconnect(lab, check, resource, force=not alive)
+    try:
+        prober.start()
+        start = time.time()
+        rc, out = run()
+        end = time.time()
+        gap = outage.planned_gap(prober, start, end, f"{what} of {check.container}")
+    except CheckFailed as error:
+        fail(f"{what}: {error}")
+    finally:
+        prober.stop()
+        reconnect.stop()
+    if reconnect.errors:
+        fail(f"{what}: the client's reconnect failed: {reconnect.errors}")
+    flows = [when for when, event in reconnect.events if event.startswith("wg0 peer ->")]
+    say(f"   {what}: the client asked for its flow again {len(flows)} time(s) (the gateway's new key)")
+    return rc, out, gap
+
+
+def rotation(lab: Lab, check: outage.GatewayCheck, resource: dict[str, object], ids: dict[str, str], version: str,
+             house: str) -> None:
+    say(f"== 5. token rotation on {HOSTS[0]} (site.yml --limit, the new token from an extra-vars file)")
+    tokens = [os.environ.get("E2E_GATEWAY_TOKEN", ""), os.environ.get("E2E_GATEWAY_TOKEN_NEXT", "")]
+    if not all(len(t) >= 8 for t in tokens):
+        fail("set E2E_GATEWAY_TOKEN and E2E_GATEWAY_TOKEN_NEXT (the inventory's tokens) for the rotation")
+    extra = EPHEMERAL / "rotate-token.json"
+    extra.touch(mode=0o600)
+    extra.write_text(json.dumps({"firezone_gateway_token": tokens[1]}))
+    was = state(HOSTS[0])
+    rc, _, gap = gap_during(lab, check, resource, "rotation", lambda: site(
+        "rotate", "--limit", HOSTS[0], "-e", f"@{extra}", "-e", f"firezone_gateway_version={version}",
+        "-e", f"firezone_gateway_wheelhouse_dir={house}"))
+    extra.unlink()
+    now = state(HOSTS[0])
+    logs = sorted(EPHEMERAL.glob("*.log"))  # ansible.log and the output of each site.yml run
+    leaked = [p.name for p in logs if any(t in p.read_text(errors="replace") for t in tokens)]
+    checks = {
+        "the rotation run passed": rc == 0,
+        "the token file changed": now["token_sha256"] != was["token_sha256"],
+        "the gateway restarted": now["started"] != was["started"] and now["active"] == "active",
+        "same version, same ID": now["current"] == was["current"] == version and now["id"] == was["id"],
+        f"client-visible gap under {outage.PLANNED_LIMIT:g} s": gap < outage.PLANNED_LIMIT,
+        f"neither token in the output of any site.yml run or ansible.log ({len(logs)} files)": not leaked,
+    }
+    for what, ok in checks.items():
+        say(f"   {'ok  ' if ok else 'FAIL'} {what}")
+    if not all(checks.values()):
+        fail(f"the token rotation did not behave (token in: {leaked or 'none'})")
+    if joined() != ids:
+        fail("IDs in the dev portal changed with the rotation")
+
+
 def main() -> int:
     base = os.environ.get("E2E_VERSION", "0.1.0")
     up1, up2 = f"{base}.post1", f"{base}.post2"
@@ -111,12 +182,21 @@ def main() -> int:
         fail(f"IDs not distinct or not the hosts' own: {ids}")
     for h in HOSTS:
         say(f"   {h}: FIREZONE_ID {before[h]['id']}  version {before[h]['current']}")
+    lab = Lab(LAB, CLIENT, NET)
+    try:
+        check, resource, _ = outage.ensure_tunnel(lab, HOSTS[0])
+    except CheckFailed as error:
+        fail(f"the client's tunnel through {HOSTS[0]}: {error}")
 
     say(f"== 2. upgrade {base} -> {up1}, serial=2")
-    rc, out = site("upgrade", "-e", "firezone_gateway_serial=2", "-e", f"firezone_gateway_version={up1}",
-                   "-e", f"firezone_gateway_wheelhouse_dir={wheelhouse(up1)}")
+    house1 = wheelhouse(up1)
+    rc, out, gap = gap_during(lab, check, resource, "upgrade", lambda: site(
+        "upgrade", "-e", "firezone_gateway_serial=2", "-e", f"firezone_gateway_version={up1}",
+        "-e", f"firezone_gateway_wheelhouse_dir={house1}"))
     if rc != 0:
         fail("the upgrade failed")
+    if gap >= outage.PLANNED_LIMIT:
+        fail(f"the rolling upgrade interrupted the client for {gap:.2f} s, not under {outage.PLANNED_LIMIT:g} s")
     batches = out.count("PLAY [Roll out the Firezone Gateway]")
     after = {h: state(h) for h in HOSTS}
     for h in HOSTS:
@@ -142,8 +222,9 @@ def main() -> int:
     broken = EPHEMERAL / "broken-host.yml"
     broken.write_text(f"all:\n  hosts:\n    {HOSTS[1]}:\n      firezone_gateway_api_url: ws://{NET}.10:9\n"
                       "      firezone_gateway_verify_timeout: 15\n")
+    house2 = wheelhouse(up2)
     rc, out = site("broken", f"--inventory={broken}", "-e", "firezone_gateway_serial=1",
-                   "-e", f"firezone_gateway_version={up2}", "-e", f"firezone_gateway_wheelhouse_dir={wheelhouse(up2)}")
+                   "-e", f"firezone_gateway_version={up2}", "-e", f"firezone_gateway_wheelhouse_dir={house2}")
     final = {h: state(h) for h in HOSTS}
     for line in report_lines(out)[-3:]:
         say(f"   report: {line}")
@@ -176,6 +257,8 @@ def main() -> int:
         fail(f"the run at the old pin changed {HOSTS[1]} (rc={rc}, changed={recap and recap.group(1)}): "
              f"{final[HOSTS[1]]} -> {again}")
     say("   changed=0, same unit, same process")
+
+    rotation(lab, check, resource, ids, up2, house2)
     say("fleet behaviour verified")
     return 0
 

@@ -17,7 +17,9 @@
 - with --ice-client (opt-in), files/client_ice_setup.sh on the client: /opt/ice with a venv
   holding aioice (from DIR, which then also gets the aioice wheels) and a copy of the
   repository's tests/iceclient.py, the agent that `labcheck.py --ice` drives.
-The gateway token comes from the environment (E2E_GATEWAY_TOKEN), never from the command line.
+The gateway token comes from the environment (E2E_GATEWAY_TOKEN), never from the command line;
+E2E_GATEWAY_TOKEN_NEXT, when set, is a second token the dev portal accepts from the start (the
+token a rotation moves to, as a real portal holds both while the fleet changes over).
 Used by molecule/shared/prepare.yml and scripts/container_demo.py (which passes both flags).
 """
 
@@ -81,7 +83,8 @@ def main() -> int:
         shutil.copytree(args.wheels, stage / "wheels")
         for name in ("lab_http.py", "lab_setup.sh", *(["lab_relay.sh"] if args.relay else [])):
             shutil.copy2(HERE / "files" / name, stage / name)
-        (stage / "gateway-tokens").write_text(token + "\n")
+        tokens = [token, *([os.environ["E2E_GATEWAY_TOKEN_NEXT"]] if os.environ.get("E2E_GATEWAY_TOKEN_NEXT") else [])]
+        (stage / "gateway-tokens").write_text("".join(t + "\n" for t in tokens))
         (stage / "admin-token").write_text(ADMIN_TOKEN + "\n")
         (stage / "admin-header").write_text(f"Authorization: Bearer {ADMIN_TOKEN}\n")
         podman("exec", args.lab, "mkdir", "-p", "/opt/lab")
