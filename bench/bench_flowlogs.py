@@ -36,7 +36,7 @@ for path in (ROOT, ROOT / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from common import LoadGate, cpu_seconds, loadavg, log_gate_report  # noqa: E402
+from common import IPERF_PORT, LoadGate, cpu_seconds, in_netns, iperf_idle, loadavg, log_gate_report  # noqa: E402
 
 from tests import netlab  # noqa: E402
 from tests.lab import LAB_TOKEN, Lab  # noqa: E402
@@ -44,7 +44,6 @@ from tests.netlab import NetLab, sh  # noqa: E402
 from tests.procs import DevPortalProc, base_env, wait_for  # noqa: E402
 
 RESOURCE_NET = "198.18.2.0/24"
-IPERF_PORT = 5201
 HTTP_PORT = 80
 EXIT_LOADED = 3
 SETTINGS = {"off": {}, "on": {"FIREZONE_FLOW_LOGS": "true"}}
@@ -82,12 +81,10 @@ class Bench:
         self.net.down()
 
     def client(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.net.ns["client"], *argv], capture_output=True,
-                              text=True, timeout=timeout, check=False)
+        return in_netns(self.net.ns["client"], argv, timeout)
 
     def iperf_idle(self) -> bool:
-        out = sh("ss", "-Htn", "state", "established", f"( sport = :{IPERF_PORT} )", ns=self.net.ns["resource"])
-        return not out.strip()
+        return iperf_idle(self.net.ns["resource"])
 
     def visit(self, mode: str) -> None:
         lab = self.lab

@@ -63,7 +63,16 @@ for path in (ROOT, ROOT / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from common import LoadGate, cpu_seconds, highest_rate, loadavg, parse_ping  # noqa: E402
+from common import (  # noqa: E402
+    IPERF_PORT,
+    LoadGate,
+    cpu_seconds,
+    highest_rate,
+    in_netns,
+    iperf_idle,
+    loadavg,
+    parse_ping,
+)
 
 # tests.iceclient (aioice) is imported where it is used, so a venv without aioice gets the
 # one-line message of cannot_run() instead of a traceback.
@@ -74,7 +83,6 @@ from tests.procs import DevPortalProc, base_env, wait_for  # noqa: E402
 
 TURN_SECRET = "bench-ice-turn-secret"
 RESOURCE_NET = "198.18.2.0/24"
-IPERF_PORT = 5201
 UDP_LEN = 1200  # + 28 bytes of IP/UDP headers fits MTU 1280
 UDP_MAX_LOSS = 1.0  # percent
 UDP_TRIAL_SECONDS = 1
@@ -142,9 +150,7 @@ class Site:
         wait_for(lambda: f"{self.net.RESOURCE}:{IPERF_PORT}" in sh("ss", "-ltn", ns=rs), 10, "iperf3 server")
 
     def iperf_idle(self) -> bool:
-        """No iperf3 test connection left open on the server (the previous test has closed)."""
-        out = sh("ss", "-Htn", "state", "established", f"( sport = :{IPERF_PORT} )", ns=self.net.ns["resource"])
-        return not out.strip()
+        return iperf_idle(self.net.ns["resource"])
 
     def flow(self, client: dict[str, Any]) -> dict[str, Any]:
         body = {"gateway": self.lab.gateway_record()["id"], "protocol": "1.4", "client": client,
@@ -163,8 +169,7 @@ class Site:
         return total
 
     def client_run(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.net.ns["client"], *argv], capture_output=True,
-                              text=True, timeout=timeout, check=False)
+        return in_netns(self.net.ns["client"], argv, timeout)
 
     def down(self) -> None:
         for client in self.ice_clients:

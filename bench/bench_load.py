@@ -78,7 +78,7 @@ for path in (ROOT, ROOT / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from common import LoadGate, cpu_seconds, loadavg, log_gate_report, nstat, parse_ping  # noqa: E402
+from common import IPERF_PORT, LoadGate, cpu_seconds, loadavg, log_gate_report, nstat, parse_ping  # noqa: E402
 
 from gateway_pkg.wireguard import keys  # noqa: E402
 from tests import netlab  # noqa: E402
@@ -89,7 +89,6 @@ from tests.procs import DevPortalProc, Proc, base_env, wait_for  # noqa: E402
 LOADGEN = ROOT / "bench" / "loadgen.py"
 RESOURCE_NET = "198.18.2.0/24"
 RESOURCES = (NetLab.RESOURCE, *NetLab.RESOURCE_EXTRA)  # 198.18.2.2, .3, .4: one per wireguard-go client
-IPERF_PORT = 5201
 HTTP_PORT = 8080
 EXIT_FAILED = 1
 EXIT_LOADED = 3

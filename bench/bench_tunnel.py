@@ -87,11 +87,14 @@ for path in (ROOT, ROOT / "bench"):
         sys.path.insert(0, str(path))
 
 from common import (  # noqa: E402
+    IPERF_PORT,
     LOAD_LIMIT,
     LoadGate,
     SyscallCounter,
     cpu_seconds,
     highest_rate,
+    in_netns,
+    iperf_idle,
     loadavg,
     log_gate_report,
     nstat,
@@ -113,7 +116,6 @@ WGGO_SRC_BASE = 3  # 100.64.0.3, .4, ...: the same client, as seen by each wireg
 WGGO_TUNNEL_BASE = 254  # 100.95.255.254, .253, ...: each wireguard-go gateway's own tunnel address
 WGGO_PORT = 51820
 WGGO_RULE_PRIORITY = 900
-IPERF_PORT = 5201
 UDP_LEN = 1200  # + 28 bytes of IP/UDP headers fits MTU 1280
 TCP_PAYLOAD = 1228  # the MSS at MTU 1280: 1280 - 20 (IPv4) - 20 (TCP) - 12 (timestamps)
 UDP_MAX_LOSS = 1.0  # percent
@@ -396,13 +398,10 @@ class Bench:
     # --- measurements ---------------------------------------------------------------------------
 
     def client(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", self.net.ns["client"], *argv], capture_output=True,
-                              text=True, timeout=timeout, check=False)
+        return in_netns(self.net.ns["client"], argv, timeout)
 
     def iperf_idle(self) -> bool:
-        """No iperf3 test connection left open on the server (the previous test has closed)."""
-        out = sh("ss", "-Htn", "state", "established", f"( sport = :{IPERF_PORT} )", ns=self.net.ns["resource"])
-        return not out.strip()
+        return iperf_idle(self.net.ns["resource"])
 
     def iperf(self, side: Side, extra: list[str], seconds: float) -> dict:
         argv = ["iperf3", "-c", NetLab.RESOURCE, "-p", str(IPERF_PORT), "-B", side.src, "-J",

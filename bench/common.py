@@ -20,11 +20,44 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.hygiene import UDP_ERRORS, LogGate, cpu_seconds, nstat, udp_errors
+from tests.netlab import sh
 
-__all__ = ["LOAD_LIMIT", "UDP_ERRORS", "LoadGate", "Ping", "SyscallCounter", "cpu_seconds", "highest_rate", "loadavg",
-           "log_gate_report", "nstat", "parse_ping", "udp_errors"]
+__all__ = [
+    "IPERF_PORT",
+    "LOAD_LIMIT",
+    "UDP_ERRORS",
+    "LoadGate",
+    "Ping",
+    "SyscallCounter",
+    "cpu_seconds",
+    "highest_rate",
+    "in_netns",
+    "iperf_idle",
+    "loadavg",
+    "log_gate_report",
+    "nstat",
+    "parse_ping",
+    "udp_errors",
+]
 
 LOAD_LIMIT = 0.5  # 1-minute load average above which ratios are not printed (unless --force)
+
+
+# --- processes in the lab's namespaces -----------------------------------------------------------
+
+IPERF_PORT = 5201  # the iperf3 server on the resource
+
+
+def in_netns(ns: str, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a command in a namespace and collect its output; the caller reads the status."""
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def iperf_idle(resource_ns: str, port: int = IPERF_PORT) -> bool:
+    """No iperf3 test connection left open on the server (the previous test has closed)."""
+    out = sh("ss", "-Htn", "state", "established", f"( sport = :{port} )", ns=resource_ns)
+    return not out.strip()
 
 
 # --- the gateway's log -------------------------------------------------------------------------
