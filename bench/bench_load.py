@@ -78,7 +78,7 @@ for path in (ROOT, ROOT / "bench"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from common import IPERF_PORT, LoadGate, cpu_seconds, loadavg, log_gate_report, nstat, parse_ping  # noqa: E402
+from common import IPERF_PORT, LoadGate, cpu_seconds, finish_workdir, loadavg, log_gate_report, nstat, parse_ping  # noqa: E402
 
 from gateway_pkg.wireguard import keys  # noqa: E402
 from tests import netlab  # noqa: E402
@@ -665,14 +665,7 @@ def run_part(name: str, args: argparse.Namespace, gate: LoadGate) -> int:
     finally:
         gateway_log = load.gateway.output() if load.gateway is not None else ""
         load.down()
-        if not ok:
-            for log in sorted(workdir.glob("*.log")):
-                print(f"===== {log.name} (last 20 lines)", file=sys.stderr)
-                print("\n".join(log.read_text(errors="replace").splitlines()[-20:]), file=sys.stderr)
-        if args.keep_workdir or not ok:
-            print(f"logs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        finish_workdir(workdir, ok=ok, keep=args.keep_workdir)
     if load.lab is not None and gateway_log:
         # The flood provokes no warning of the gateway: the drops are counted, not logged.
         print(log_gate_report([gateway_log], load.lab.logs))

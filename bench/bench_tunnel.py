@@ -92,6 +92,7 @@ from common import (  # noqa: E402
     LoadGate,
     SyscallCounter,
     cpu_seconds,
+    finish_workdir,
     highest_rate,
     in_netns,
     iperf_idle,
@@ -713,14 +714,7 @@ def main() -> int:
         ok = True
     finally:
         bench.down()
-        if not ok:
-            for log in sorted(workdir.glob("*.log")):
-                print(f"===== {log.name} (last 20 lines)", file=sys.stderr)
-                print("\n".join(log.read_text(errors="replace").splitlines()[-20:]), file=sys.stderr)
-        if args.keep_workdir or not ok:
-            print(f"logs kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        finish_workdir(workdir, ok=ok, keep=args.keep_workdir)
     print(f"total {time.monotonic() - started:.0f} s")
     return EXIT_LOADED if gate.busy and not gate.force else 0
 

@@ -13,8 +13,10 @@ import ctypes
 import os
 import platform
 import re
+import shutil
 import struct
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ __all__ = [
     "Ping",
     "SyscallCounter",
     "cpu_seconds",
+    "finish_workdir",
     "highest_rate",
     "in_netns",
     "iperf_idle",
@@ -58,6 +61,19 @@ def iperf_idle(resource_ns: str, port: int = IPERF_PORT) -> bool:
     """No iperf3 test connection left open on the server (the previous test has closed)."""
     out = sh("ss", "-Htn", "state", "established", f"( sport = :{port} )", ns=resource_ns)
     return not out.strip()
+
+
+def finish_workdir(workdir: Path, *, ok: bool, keep: bool) -> None:
+    """After a run: on failure the last lines of every process log; the logs kept when asked
+    for or on failure, else removed."""
+    if not ok:
+        for log in sorted(workdir.glob("*.log")):
+            print(f"===== {log.name} (last 20 lines)", file=sys.stderr)
+            print("\n".join(log.read_text(errors="replace").splitlines()[-20:]), file=sys.stderr)
+    if keep or not ok:
+        print(f"logs kept in {workdir}", file=sys.stderr)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # --- the gateway's log -------------------------------------------------------------------------
