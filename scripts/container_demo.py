@@ -140,6 +140,8 @@ def rollout(venv_bin: Path, token: str, version: str, serial: str) -> None:
         "firezone_gateway_feature_flags_url": f"http://{NET}.10:8081/decide",
         "firezone_gateway_feature_flags_interval": 2,
         "firezone_gateway_extra_env": {"FIREZONE_DNS_LEGACY_TTL": str(LEGACY_TTL)},
+        # The summary's path column reads the per-client series (opt-in, off by default).
+        "firezone_gateway_metrics_per_client": True,
     }}}, indent=2))
     secret = WORK / "secret.yml"
     secret.touch(mode=0o600)

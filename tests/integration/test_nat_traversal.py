@@ -58,9 +58,9 @@ class NatScenario:
             self.net.down()
             raise
 
-    def start_gateway(self, wait_ready: bool = True) -> None:
+    def start_gateway(self, wait_ready: bool = True, env: dict[str, str] | None = None) -> None:
         if wait_ready:
-            self.lab.start_gateway()
+            self.lab.start_gateway(env or {})
             return
         # Not ready is what the test looks at: start it and wait for its health endpoint only.
         lab = self.lab
@@ -156,7 +156,7 @@ def serve(s: NatScenario) -> None:
 
 def test_two_symmetric_nats_go_through_the_relay_and_policy_still_holds(scenario):
     s = scenario(gateway_nat="symmetric", client_nat="symmetric")
-    s.start_gateway()
+    s.start_gateway(env={"FIREZONE_METRICS_PER_CLIENT": "true"})  # the per-client path series below
     serve(s)
     client, flow = s.client()
     pair = client.wait_connected(30)
@@ -165,10 +165,8 @@ def test_two_symmetric_nats_go_through_the_relay_and_policy_still_holds(scenario
     assert s.curl(client, ALLOWED_PORT) == (0, "allowed")
     code, _ = s.curl(client, FILTERED_PORT, timeout=2)
     assert code != 0  # the filter allows only port 8080 and ICMP
-    client_id = flow["client"]["id"] if "client" in flow else None
     assert s.metric("firezone_gateway_ice_connections", path="relay") == 1
-    if client_id:
-        assert s.metric("firezone_gateway_ice_client_path", client_id=client_id, path="relay") == 1
+    assert s.metric("firezone_gateway_ice_client_path", client_id=flow["client_id"], path="relay") == 1
     assert s.metric("firezone_gateway_relay_bytes_total", direction="in") > 0
     assert s.metric("firezone_gateway_relay_bytes_total", direction="out") > 0
     assert s.metric("firezone_gateway_relays_allocated") >= 1
