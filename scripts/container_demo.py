@@ -147,7 +147,10 @@ def rollout(venv_bin: Path, token: str, version: str, serial: str) -> None:
     secret.touch(mode=0o600)
     secret.write_text(json.dumps({"firezone_gateway_token": token}))
     step(f"ansible-playbook playbooks/site.yml (serial={serial}) -> {', '.join(GATEWAYS)}")
-    env = os.environ | {"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "1"}
+    env = os.environ | {"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "1",
+                        # One line with the run's time and the role's remote task count.
+                        "ANSIBLE_CALLBACK_PLUGINS": str(ROOT / "tools" / "callback_plugins"),
+                        "ANSIBLE_CALLBACKS_ENABLED": "converge_timer"}
     code = subprocess.run([str(venv_bin / "ansible-playbook"), "-i", str(inventory), "-e", f"@{secret}",
                            "-e", f"firezone_gateway_serial={serial}", "playbooks/site.yml"],
                           cwd=ROOT, env=env, check=False).returncode

@@ -2,9 +2,12 @@
 """The fleet behaviour (molecule/fleet), driven from the controller inside `molecule verify`:
 
 1. after the initial rollout: every host joined the lab's dev portal with its own FIREZONE_ID;
-2. an upgrade to another package version through playbooks/site.yml with serial=2 rolls batch
-   by batch (two "Roll out" plays; every host of batch 1 restarted before batch 2 started)
-   and keeps every FIREZONE_ID and token;
+   then a run with a new pin but without firezone_gateway_upgrade changes nothing on any host
+   (each says it keeps its version), in at most 15 remote tasks per host (the run's time is
+   printed beside the first converge's);
+2. an upgrade (firezone_gateway_upgrade=true) to another package version through
+   playbooks/site.yml with serial=2 rolls batch by batch (two "Roll out" plays; every host of
+   batch 1 restarted before batch 2 started) and keeps every FIREZONE_ID and token;
 3. a rollout of a third version with serial=1 where the second host is broken (a host var
    points it at a portal address nothing listens on, so the role's readiness check fails):
    the first host runs the new version, the broken host is rolled back to the previous one
@@ -104,6 +107,16 @@ def site(label: str, *extra: str) -> tuple[int, str]:
     return done.returncode, out
 
 
+def timings() -> list[dict[str, object]]:
+    """The runs tools/callback_plugins/converge_timer.py logged so far: converge first."""
+    path = EPHEMERAL / "converge-timing.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def changed(out: str) -> dict[str, int]:
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"(fz-e2e-fleet-gw\d)\s+: ok=\d+\s+changed=(\d+)", out)}
+
+
 def wheelhouse(version: str) -> str:
     out = ROOT / ".cache/e2e" / f"wheelhouse-{version}"
     subprocess.run([str(HERE / "build_bumped_wheelhouse.sh"), version, str(out)], check=True)
@@ -188,11 +201,27 @@ def main() -> int:
     except CheckFailed as error:
         fail(f"the client's tunnel through {HOSTS[0]}: {error}")
 
-    say(f"== 2. upgrade {base} -> {up1}, serial=2")
+    say(f"== 1b. a new pin {up1} without firezone_gateway_upgrade: no host changes")
     house1 = wheelhouse(up1)
+    rc, out = site("new-pin", "-e", "firezone_gateway_serial=3", "-e", f"firezone_gateway_version={up1}",
+                   "-e", f"firezone_gateway_wheelhouse_dir={house1}")
+    unchanged = {h: state(h) for h in HOSTS}
+    if rc != 0 or changed(out) != {h: 0 for h in HOSTS} or unchanged != before:
+        fail(f"a new pin without firezone_gateway_upgrade changed the fleet (rc={rc}, changed={changed(out)})")
+    keeps = rf"keeps\s+{re.escape(base)}:\s+firezone_gateway_version\s+is\s+{re.escape(up1)}"
+    if len(re.findall(keeps, out)) != len(HOSTS):
+        fail("not every host said it keeps its version")
+    runs = timings()
+    if len(runs) < 2 or runs[-1]["changed"] != 0 or max(runs[-1]["remote_tasks"].values()) > 15:  # type: ignore[attr-defined]
+        fail(f"the no-change run made more than 15 remote tasks on a host: {runs[-1:]}")
+    say(f"   changed=0 everywhere, every host keeps {base}; first converge {runs[0]['seconds']} s on "
+        f"{runs[0]['hosts']} hosts (target <= 90 s), this no-change run {runs[-1]['seconds']} s (target <= 45 s), "
+        f"{max(runs[-1]['remote_tasks'].values())} remote tasks per host at most (limit 15)")  # type: ignore[attr-defined]
+
+    say(f"== 2. upgrade {base} -> {up1}, serial=2")
     rc, out, gap = gap_during(lab, check, resource, "upgrade", lambda: site(
         "upgrade", "-e", "firezone_gateway_serial=2", "-e", f"firezone_gateway_version={up1}",
-        "-e", f"firezone_gateway_wheelhouse_dir={house1}"))
+        "-e", "firezone_gateway_upgrade=true", "-e", f"firezone_gateway_wheelhouse_dir={house1}"))
     if rc != 0:
         fail("the upgrade failed")
     if gap >= outage.PLANNED_LIMIT:
@@ -224,7 +253,8 @@ def main() -> int:
                       "      firezone_gateway_verify_timeout: 15\n")
     house2 = wheelhouse(up2)
     rc, out = site("broken", f"--inventory={broken}", "-e", "firezone_gateway_serial=1",
-                   "-e", f"firezone_gateway_version={up2}", "-e", f"firezone_gateway_wheelhouse_dir={house2}")
+                   "-e", "firezone_gateway_upgrade=true", "-e", f"firezone_gateway_version={up2}",
+                   "-e", f"firezone_gateway_wheelhouse_dir={house2}")
     final = {h: state(h) for h in HOSTS}
     for line in report_lines(out)[-3:]:
         say(f"   report: {line}")

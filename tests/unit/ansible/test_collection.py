@@ -44,10 +44,14 @@ def test_it_holds_the_role_and_the_playbooks_and_nothing_of_the_repository(built
         names = set(tar.getnames())
     for needed in ("roles/firezone_gateway/tasks/main.yml", "roles/firezone_gateway/meta/argument_specs.yml",
                    "roles/firezone_gateway/defaults/main.yml", "playbooks/site.yml", "playbooks/install.yml",
-                   "playbooks/uninstall.yml", "meta/runtime.yml", "CHANGELOG.md", "README.md"):
+                   "playbooks/uninstall.yml", "meta/runtime.yml", "CHANGELOG.md", "README.md",
+                   "plugins/modules/firezone_gateway_probe.py", "plugins/modules/firezone_gateway_files.py"):
         assert needed in names, needed
     tops = {name.split("/", 1)[0] for name in names}
-    assert tops == {"MANIFEST.json", "FILES.json", "README.md", "CHANGELOG.md", "meta", "roles", "playbooks"}
+    assert tops == {"MANIFEST.json", "FILES.json", "README.md", "CHANGELOG.md", "meta", "roles", "playbooks",
+                    "plugins"}
+    # The role's library link is the git checkout's way to plugins/modules, not the collection's.
+    assert not [n for n in names if n.startswith("roles/firezone_gateway/library")]
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
 
 

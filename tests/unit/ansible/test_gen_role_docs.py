@@ -55,7 +55,7 @@ def test_an_explicit_document_still_works(roles: Path, tmp_path: Path) -> None:
     assert gen.main(["--doc", str(doc), "--roles", str(roles)]) == 0
     text = doc.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n")
-    assert "| `firezone_gateway_token` | str | `\"\"` | main | Required. Gateway token" in text
+    assert "| `firezone_gateway_token` | str | `\"\"` | main | Gateway token from the portal" in text
     # The rules tables are filled only where their markers are.
     assert "GENERATED RULES" not in text
 

@@ -187,8 +187,8 @@ def test_a_missing_token_is_one_line_not_the_argument_spec(tmp_path: Path) -> No
     assert done.returncode != 0
     assert "argument_spec" not in out and "firezone_gateway_install_root" not in out, out
     errors = [line for line in out.splitlines() if line.startswith("[ERROR]")]
-    assert any(re.search(r"firezone_gateway_token is not set: .* Nothing was changed on this host\.$", line)
-               for line in errors), errors
+    missing = r"firezone_gateway_token is not set and no_token has no token yet: .* Nothing was changed on this host\.$"
+    assert any(re.search(missing, line) for line in errors), errors
     assert any(re.search(r"firezone_gateway_api_url is \"ftp://portal.example\": FIREZONE_API_URL must be", line)
                for line in errors), errors
     assert re.search(r"no_token\s+: ok=\d+\s+changed=0 .*failed=1", out), out
@@ -229,6 +229,22 @@ ROLLBACK_PLAYBOOK = """\
       __firezone_gateway_group: root
       __firezone_gateway_service: fz-unit-test-absent.service
   tasks:
+    # The test machine may run no systemd (a container): the facts say it does.
+    - name: Facts of a systemd host
+      ansible.builtin.setup:
+        gather_subset: [min, virtual]
+
+    - name: Say systemd manages it
+      ansible.builtin.set_fact:
+        ansible_facts: "{{ ansible_facts | combine({'service_mgr': 'systemd'}) }}"
+
+    - name: Preflight (configure decides from the host's state it reads)
+      ansible.builtin.include_role:
+        name: firezone_gateway
+        tasks_from: preflight
+      vars: *paths
+      when: fz_configure
+
     - name: Configure (a converge that changes the settings)
       ansible.builtin.include_role:
         name: firezone_gateway
@@ -262,7 +278,8 @@ def test_a_rollback_puts_back_the_env_file_the_run_replaced(tmp_path: Path) -> N
         (work / "etc" / "gateway-env.previous").write_text('RUST_LOG="stale"\n')
         hosts[host] = {**LOCAL, "fz_dir": str(work), "fz_configure": configure, "firezone_gateway_token": "t",
                        "firezone_gateway_install_root": str(work / "opt"), "firezone_gateway_verify": False,
-                       "firezone_gateway_api_url": "ws://127.0.0.1:9"}
+                       "firezone_gateway_api_url": "ws://127.0.0.1:9", "firezone_gateway_install_method": "index",
+                       "firezone_gateway_capability_launcher": False}
     playbook = tmp_path / "rollback.yml"
     playbook.write_text(ROLLBACK_PLAYBOOK)
     done = run(playbook, {"all": {"hosts": hosts}}, tmp_path)
