@@ -56,7 +56,8 @@ grep -A2 '^PLAY RECAP' "$work/install-a.log" | tail -n 2
 echo "== roll out version $version_b, serial 1, health-gated (must fail on the first host)"
 if "$bin/ansible-playbook" "${args[@]}" playbooks/site.yml -e firezone_gateway_serial=1 \
      -e firezone_gateway_verify_timeout=12 -e firezone_gateway_verify_journal_lines=5 \
-     -e "firezone_gateway_version=$version_b" -e "firezone_gateway_wheelhouse_dir=$work/wheelhouse-b" \
+     -e firezone_gateway_upgrade=true -e "firezone_gateway_version=$version_b" \
+     -e "firezone_gateway_wheelhouse_dir=$work/wheelhouse-b" \
      > "$work/site-b.log" 2>&1; then
   echo "FAILED: the rollout succeeded although no host can become ready"; exit 1
 fi
