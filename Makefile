@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo   - site.yml rolls out two gateway containers; tunnel and DNS TTL proven; summary table"
 	@echo "make demo-netns - the gateway, dev portal and a WireGuard client in network namespaces (fast)"
-	@echo "make e2e    - the Molecule scenarios (default, uninstall, fleet)"
+	@echo "make e2e    - the Molecule scenarios (default, uninstall, bake, fleet)"
 	@echo "make test   - unit, property and namespace integration tests (everything but containers)"
 	@echo "make test-fallback - the data-plane tests again with the kernel offloads and the native checksums off"
 	@echo "make lint   - ruff, mypy and the Ansible checks"

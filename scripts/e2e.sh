@@ -15,7 +15,7 @@ export ANSIBLE_FORCE_COLOR=${ANSIBLE_FORCE_COLOR:-0}
 prepare_only=0
 if [ "${1:-}" = --prepare ]; then prepare_only=1; shift; fi  # deps, images, wheels only (the demo)
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(default uninstall fleet)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(default uninstall bake fleet)
 declare -A took result
 t0=$SECONDS
 stamp() { echo "== e2e: $*"; }

@@ -54,6 +54,9 @@ chroot "$work/rootfs" /bin/sh -ec '
     systemctl mask "$unit" >/dev/null 2>&1 || true
   done
   : > /etc/machine-id
+  # dbus keeps its own copy, which systemd copies into an empty /etc/machine-id at boot: every
+  # container would get the same ID. A link, as Debian makes it on an installed system.
+  ln -sf /etc/machine-id /var/lib/dbus/machine-id
 ' >&2
 # Point apt at the same mirror inside the image.
 printf 'deb %s %s main\n' "$url" "$suite" > "$work/rootfs/etc/apt/sources.list"

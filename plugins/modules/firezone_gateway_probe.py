@@ -62,6 +62,10 @@ options:
     description: systemd unit whose ActiveState and UnitFileState are reported.
     type: str
     required: true
+  watch:
+    description: A second systemd unit (the token's path unit) whose states are reported as I(watch).
+    type: str
+    default: ""
   tun_name:
     description: The TUN interface; with I(check_forward), whether its FORWARD accept rule is in place.
     type: str
@@ -92,6 +96,7 @@ token_present: {description: Whether the token file exists and is not empty, typ
 sysctls: {description: Live value of each requested sysctl (null when unreadable), type: dict, returned: always}
 tun: {description: "/dev/net/tun: {char: bool, mode: '0666'}", type: dict, returned: always}
 service: {description: "{active: ActiveState, enabled: UnitFileState}", type: dict, returned: always}
+watch: {description: "The same for I(watch) (empty strings without it)", type: dict, returned: always}
 forward_rule: {description: Whether the FORWARD accept rule is in place (with check_forward), type: bool, returned: always}
 """
 
@@ -248,6 +253,7 @@ def main():
             sysctls=dict(type="list", elements="str", default=[]),
             service=dict(type="str", required=True),
             tun_name=dict(type="str", required=True),
+            watch=dict(type="str", default=""),
             check_forward=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
@@ -275,6 +281,7 @@ def main():
         sysctls={name: _sysctl(name) for name in p["sysctls"]},
         tun=_tun(),
         service=_service(p["service"]),
+        watch=_service(p["watch"]) if p["watch"] else {"active": "", "enabled": ""},
         forward_rule=forward,
     )
 

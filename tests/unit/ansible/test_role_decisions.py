@@ -73,6 +73,9 @@ def decided(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                               firezone_gateway_upgrade=True, firezone_gateway_upgrade_minor=True),
         "no_token_kept": host(tmp_path, "no_token_kept", "0.1.0", True, firezone_gateway_version="0.1.0"),
         "no_token_none": host(tmp_path, "no_token_none", None, False, firezone_gateway_version="0.1.0"),
+        "bake": host(tmp_path, "bake", None, False, firezone_gateway_enroll=False),
+        "bake_given_token": host(tmp_path, "bake_given_token", None, False, **token, firezone_gateway_enroll=False),
+        "bake_enrolled_host": host(tmp_path, "bake_enrolled_host", "0.1.0", True, firezone_gateway_enroll=False),
     }
     playbook = tmp_path / "preflight.yml"
     playbook.write_text(PLAYBOOK)
@@ -123,3 +126,13 @@ def test_the_probe_reads_the_host_not_the_controller_view(decided: dict[str, Any
     assert [v["name"] for v in probe["versions"]] == ["0.1.0"] and probe["versions"][0]["installed"] == ""
     assert len(probe["new_id"]) == 64 and probe["id"] == ""
     assert os.path.basename(probe["versions"][0]["path"]) == "0.1.0"
+
+
+def test_installing_without_enrolling_needs_no_token_and_refuses_one(decided: dict[str, Any]) -> None:
+    assert failure(decided["bake"]) == ("", ""), failure(decided["bake"])
+    task, message = failure(decided["bake_given_token"])
+    assert task == "Preflight | Installing without enrolling takes no token and no ID", (task, message)
+    assert "leave firezone_gateway_token and firezone_gateway_id empty" in message
+    task, message = failure(decided["bake_enrolled_host"])
+    assert task == "Preflight | Installing without enrolling needs a host that was never enrolled", (task, message)
+    assert "bake_enrolled_host has a token" in message and message.endswith("Nothing was changed on this host.")
