@@ -26,6 +26,8 @@ import time
 
 from labcheck import CheckFailed, Lab, podman, sh, wait_for
 
+from gateway_pkg.config import external_id_for
+
 NET, NETWORK = "10.89.64", "fz-e2e-bake"
 LAB, BAKED = "fz-e2e-bake-lab", "fz-e2e-bake-gw1"
 IMAGE = "localhost/fz-e2e-bake-image:latest"
@@ -113,15 +115,21 @@ def main() -> int:
         if len(set(ids.values())) != len(CLONES):
             raise CheckFailed(f"the clones share a FIREZONE_ID: {ids}")
         lab = Lab(LAB, "", NET)
+        # The portal knows a gateway by the ID it sends: a UUID-shaped ID (as derived here) is
+        # sent as its SHA-256 hex, as upstream does.
+        sent = {name: external_id_for(fzid) for name, fzid in ids.items()}
 
         def all_joined() -> bool:
             joined = {g.get("external_id") for g in lab.gateways() if g.get("joined")}
-            return set(ids.values()) <= joined
+            return set(sent.values()) <= joined
 
         wait_for(all_joined, 30, "both clones joined the dev portal")
         say(f"   two different IDs, both joined the dev portal: {', '.join(ids.values())}")
     except CheckFailed as error:
         say(f"FAILED: {error}")
+        for name in CLONES:
+            journal = sh(name, "journalctl", "-u", UNIT, "-n", "30", "--no-pager", "-o", "cat", check=False).stdout
+            say(f"---- journalctl -u {UNIT} on {name} (last 30 lines)\n{journal.rstrip()}")
         return 1
     finally:
         for name in CLONES:

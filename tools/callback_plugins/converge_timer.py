@@ -1,5 +1,5 @@
 # Part of the firezone gateway repository's test tooling. GNU General Public License v3.0+
-"""Print how long an ansible-playbook run took and how many remote tasks the role made.
+"""Print how long the role took in an ansible-playbook run and how many remote tasks it made.
 
 A remote task is one that ran on a host: not skipped, not a controller-side action (set_fact,
 assert, debug, include_*, ...), not delegated to the controller; a loop counts each item that
@@ -9,7 +9,7 @@ the lever on a converge's time. Counted for the firezone_gateway role's tasks on
 Enabled by the Molecule scenarios and the container demo (callbacks_enabled = converge_timer,
 callback_plugins = tools/callback_plugins). Each run also appends one JSON line to
 FZ_CONVERGE_LOG (in a Molecule scenario by default converge-timing.jsonl in its ephemeral
-directory): {"playbook", "seconds", "hosts", "changed", "remote_tasks": {host: n}}.
+directory): {"playbook", "seconds" (the role), "run_seconds", "hosts", "changed", "remote_tasks"}.
 """
 
 from __future__ import annotations
@@ -52,16 +52,32 @@ class CallbackModule(CallbackBase):
         self.started = time.monotonic()
         self.playbook = ""
         self.remote: dict[str, int] = {}
+        # From the start of the role's first task to the end of its last: the converge itself,
+        # without the plays around it (a scenario's own checks, a fleet report).
+        self.role_started: float | None = None
+        self.role_ended: float | None = None
 
     def v2_playbook_on_start(self, playbook: Any) -> None:
         self.started = time.monotonic()
         self.playbook = os.path.basename(getattr(playbook, "_file_name", "") or "")
 
+    @staticmethod
+    def _ours(task: Any) -> bool:
+        role = getattr(task, "_role", None)
+        return role is not None and role.get_name().split(".")[-1] == ROLE
+
+    def v2_playbook_on_task_start(self, task: Any, is_conditional: bool) -> None:
+        if self._ours(task) and self.role_started is None:
+            self.role_started = time.monotonic()
+
+    def v2_playbook_on_handler_task_start(self, task: Any) -> None:
+        self.v2_playbook_on_task_start(task, False)
+
     def _count(self, result: Any) -> None:
         task = result._task
-        role = getattr(task, "_role", None)
-        if role is None or role.get_name().split(".")[-1] != ROLE:
+        if not self._ours(task):
             return
+        self.role_ended = time.monotonic()
         if task.action.split(".")[-1] in CONTROLLER_ACTIONS:
             return
         if str(task.delegate_to or "") in ("localhost", "127.0.0.1"):
@@ -79,7 +95,9 @@ class CallbackModule(CallbackBase):
         self._count(result)
 
     def v2_playbook_on_stats(self, stats: Any) -> None:
-        seconds = time.monotonic() - self.started
+        total = time.monotonic() - self.started
+        seconds = (self.role_ended - self.role_started
+                   if self.role_started is not None and self.role_ended is not None else total)
         hosts = sorted(stats.processed)
         changed = sum(stats.summarize(h)["changed"] for h in hosts)
         if not self.remote:
@@ -93,7 +111,8 @@ class CallbackModule(CallbackBase):
         per_host = ", ".join(f"{h} {n}" for h, n in sorted(self.remote.items()))
         self._display.display(
             f"converge timing: {self.playbook} {'changed nothing' if kind == 'no_change' else f'changed {changed}'}"
-            f" in {seconds:.1f} s on {len(self.remote)} host(s); remote tasks of the role: {per_host} "
+            f" in {seconds:.1f} s (the role; the whole run {total:.1f} s) on {len(self.remote)} host(s); "
+            f"remote tasks of the role: {per_host} "
             f"(most {most}){f'; {limits}' if limits else ''}")
         path = os.environ.get("FZ_CONVERGE_LOG") or (
             os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "converge-timing.jsonl")
@@ -101,5 +120,6 @@ class CallbackModule(CallbackBase):
         if path:
             with open(path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"playbook": self.playbook, "seconds": round(seconds, 1),
+                                         "run_seconds": round(total, 1),
                                          "hosts": len(self.remote), "changed": changed,
                                          "remote_tasks": self.remote}) + "\n")
