@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.ansible.test_role_preflight import LOCAL, failure, host_results, run
+from tests.unit.ansible.test_role_preflight import LOCAL, SYSTEMD_HOST_TASKS, failure, host_results, run
 
 PLAYBOOK = """\
 ---
@@ -21,15 +21,7 @@ PLAYBOOK = """\
   hosts: all
   gather_facts: false
   tasks:
-    # The test machine may run no systemd (a container): the facts say it does.
-    - name: Facts of a systemd host
-      ansible.builtin.setup:
-        gather_subset: [min, virtual]
-
-    - name: Say systemd manages it
-      ansible.builtin.set_fact:
-        ansible_facts: "{{ ansible_facts | combine({'service_mgr': 'systemd'}) }}"
-
+""" + SYSTEMD_HOST_TASKS + """\
     - name: Preflight
       ansible.builtin.include_role:
         name: firezone_gateway

@@ -214,6 +214,19 @@ def test_site_does_not_roll_back_a_host_that_failed_preflight(tmp_path: Path) ->
     assert re.search(r"fleet1\s+: ok=\d+\s+changed=0 ", out), out
 
 
+# Tasks that make the local host look like a systemd host to preflight: the test machine may
+# run no systemd (a container).
+SYSTEMD_HOST_TASKS = """\
+    - name: Facts of a systemd host
+      ansible.builtin.setup:
+        gather_subset: [min, virtual]
+
+    - name: Say systemd manages it
+      ansible.builtin.set_fact:
+        ansible_facts: "{{ ansible_facts | combine({'service_mgr': 'systemd'}) }}"
+
+"""
+
 ROLLBACK_PLAYBOOK = """\
 ---
 - name: Configure, then roll back (the role's paths in a temporary directory)
@@ -229,15 +242,7 @@ ROLLBACK_PLAYBOOK = """\
       __firezone_gateway_group: root
       __firezone_gateway_service: fz-unit-test-absent.service
   tasks:
-    # The test machine may run no systemd (a container): the facts say it does.
-    - name: Facts of a systemd host
-      ansible.builtin.setup:
-        gather_subset: [min, virtual]
-
-    - name: Say systemd manages it
-      ansible.builtin.set_fact:
-        ansible_facts: "{{ ansible_facts | combine({'service_mgr': 'systemd'}) }}"
-
+""" + SYSTEMD_HOST_TASKS + """\
     - name: Preflight (configure decides from the host's state it reads)
       ansible.builtin.include_role:
         name: firezone_gateway
