@@ -99,4 +99,8 @@ printf '   %-12s %6s  %s\n' step seconds result
 for k in deps images wheels; do printf '   %-12s %6s\n' "$k" "${took[$k]}"; done
 for s in "${scenarios[@]}"; do printf '   %-12s %6s  %s\n' "$s" "${took[$s]}" "${result[$s]}"; done
 printf '   %-12s %6s\n' total $((SECONDS - t0))
+echo "== converge timings (tools/callback_plugins/converge_timer.py)"
+for s in "${scenarios[@]}"; do
+  grep -h '^converge timing:' ".cache/e2e/$s.log" 2>/dev/null | sed "s/^converge timing: /   $s: /" || true
+done
 exit $failed
