@@ -48,6 +48,7 @@ from gateway_pkg.tunnel import checksum, metrics, p2p_control
 from gateway_pkg.tunnel.accounting import ClientCounters, ResourceCounters
 from gateway_pkg.tunnel.control import (
     AddPeer,
+    Client,
     ClientControl,
     ConnectIce,
     CountDrop,
@@ -527,6 +528,11 @@ class TunnelDataPlane:
                     traffic.offload_packets[kind] += len(packets)
             else:
                 packets = (read,)
+            # The segments of one TSO read are one flow: counted in its flow once, after them.
+            flows = self.flows
+            segments = flows is not None and len(packets) > 1
+            pending: tuple[Client, ResourceCounters, bytes] | None = None
+            pending_packets = pending_bytes = 0
             for packet in packets:
                 dst = destination(packet)
                 if dst is None:
@@ -553,16 +559,34 @@ class TunnelDataPlane:
                     if resource is not None:
                         resource.packets_out += 1
                         resource.bytes_out += size
-                        if self.flows is not None:  # after the NAT: as the client gets it
-                            started = self.flows.count(client.id, resource.id, data, now, wall, False)
+                        if segments:
+                            if pending is not None and (pending[0] is not client or pending[1] is not resource):
+                                self._count_flow(pending, pending_packets, pending_bytes, now, wall)
+                                pending_packets = pending_bytes = 0
+                            pending = (client, resource, data)
+                            pending_packets += 1
+                            pending_bytes += size
+                        elif flows is not None:  # after the NAT: as the client gets it
+                            started = flows.count(client.id, resource.id, data, now, wall, False)
                             if started is not None:
                                 self._flow_started(started)
                     self._queue_udp(out.datagrams, now)
                 if out.events:
                     self._count_events(out)
+            if pending is not None:
+                self._count_flow(pending, pending_packets, pending_bytes, now, wall)
         if self.traversal.routes:
             self._drain_traversal()  # Send indications for relayed peers without a channel yet
         self._flush()
+
+    def _count_flow(self, pending: tuple[Client, ResourceCounters, bytes], packets: int, size: int, now: float,
+                    wall: float) -> None:
+        """Count segments of one TSO read, to the client, in their flow (after the NAT)."""
+        assert self.flows is not None
+        client, resource, last = pending
+        started = self.flows.count(client.id, resource.id, last, now, wall, False, packets, size)
+        if started is not None:
+            self._flow_started(started)
 
     def _send_output(self, out: DeviceOutput) -> None:
         """Outside the packet loops (timers, portal messages): send at once."""

@@ -112,6 +112,13 @@ def test_metrics_flow_logs_and_dashboard_with_a_real_client(lab):
     lab.portal.api("DELETE", f"/v1/flows/{granted['flow_id']}")
     ping_flow = wait_for(lambda: flow(lab, "Flow ended", protocol="icmp"), 10, "the ping flow to end")
     assert ping_flow["reason"] == "client_removed" and ping_flow["packets_from_client"] == 3
+    # The two flows hold every packet and byte the resource's counters hold (the body's TCP
+    # segments come from the TUN as TSO reads, counted in the flow one read at a time).
+    for direction, side in (("out", "to_client"), ("in", "from_client")):
+        for unit in ("bytes", "packets"):
+            total = value(scrape, f"firezone_gateway_resource_{unit}_total", resource_id=resource_id,
+                          direction=direction)
+            assert ended[f"{unit}_{side}"] + ping_flow[f"{unit}_{side}"] == total, (unit, direction)
     wrong = lab.client.flow_client() | {"preshared_key": "A" * 43 + "="}
     lab.logs.allow(r"ICE connection failed")  # no session, no ICE: the gateway rightly warns
     status, regranted = lab.portal.api("POST", "/v1/flows", {

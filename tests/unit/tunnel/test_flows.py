@@ -133,3 +133,20 @@ def test_a_flow_whose_packets_sometimes_carry_ip_options_stays_one_flow() -> Non
     assert table.outbound("c1", "r1", plain, 0, 0) is None
     assert table.outbound("c1", "r1", bytes(with_options), 0, 0) is None
     assert len(table) == 1
+
+
+def test_the_segments_of_one_tso_read_count_at_once_and_the_last_ones_fin_ends_it() -> None:
+    # The data plane counts the segments one TSO read became in one call: n packets, their
+    # bytes, and the last segment (a FIN is only ever on the last one).
+    table = FlowTable()
+    table.outbound("c1", "r1", build_tcp(CLIENT, RESOURCE, 40000, 80, flags=SYN), 0, 0)
+    segment = build_tcp(RESOURCE, CLIENT, 80, 40000, flags=ACK, payload=b"x" * 1200)
+    last = build_tcp(RESOURCE, CLIENT, 80, 40000, flags=FIN | ACK, payload=b"x" * 300)
+    assert table.count("c1", "r1", segment, 0.1, 0, False, 44, 44 * len(segment)) is None
+    assert table.count("c1", "r1", last, 0.2, 0, False, 3, 2 * len(segment) + len(last)) is None
+    table.outbound("c1", "r1", build_tcp(CLIENT, RESOURCE, 40000, 80, flags=FIN | ACK), 0.3, 0)
+    [ended] = table.sweep(0.3 + LINGER, allowed)
+    fields = ended.end_fields()
+    assert ended.ended == END_FIN
+    assert (fields["packets_to_client"], fields["bytes_to_client"]) == (47, 46 * len(segment) + len(last))
+    assert fields["packets_from_client"] == 2
