@@ -27,14 +27,10 @@ import ipaddress
 from collections.abc import Callable
 from typing import Any, Final
 
-PROTO_ICMP: Final = 1
-PROTO_TCP: Final = 6
-PROTO_UDP: Final = 17
-PROTO_ICMPV6: Final = 58
+from gateway_pkg.tunnel.packet import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_FIN, TCP_RST
+
 PROTOCOL_NAMES: Final = {PROTO_ICMP: "icmp", PROTO_TCP: "tcp", PROTO_UDP: "udp", PROTO_ICMPV6: "icmpv6"}
 _ECHO: Final = frozenset({(PROTO_ICMP, 8), (PROTO_ICMP, 0), (PROTO_ICMPV6, 128), (PROTO_ICMPV6, 129)})
-_FIN: Final = 0x01
-_RST: Final = 0x04
 
 TCP_IDLE: Final = 300.0
 OTHER_IDLE: Final = 60.0
@@ -213,7 +209,7 @@ class FlowTable:
         flow.last = now
         if flow.protocol == PROTO_TCP and offset >= 0 and len(packet) > offset + 13:
             flags = packet[offset + 13]
-            if flags & (_FIN | _RST):
+            if flags & (TCP_FIN | TCP_RST):
                 self._tcp_flags(flow, flags, from_client, now)
         return started
 
@@ -229,7 +225,7 @@ class FlowTable:
 
     def _tcp_flags(self, flow: Flow, flags: int, from_client: bool, now: float) -> None:
         """A FIN or a RST: note the side, and end the flow once both closed or on a reset."""
-        if flags & _FIN:
+        if flags & TCP_FIN:
             if from_client:
                 flow.fin_in = True
             else:
@@ -250,7 +246,7 @@ class FlowTable:
     def _tcp_end(self, flow: Flow, flags: int, now: float) -> None:
         if flow.ended is not None:
             return
-        if flags & _RST:
+        if flags & TCP_RST:
             flow.ended = END_RST
         elif flow.fin_in and flow.fin_out:
             flow.ended = END_FIN
