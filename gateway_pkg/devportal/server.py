@@ -480,16 +480,20 @@ class DevPortal:
 
         Flows of one client on one gateway share it (so a second flow or a reauthorization
         does not restart ICE); a different `client.ice` starts a new one, as a restarted
-        client would. The gateway's side is picked here for 1.4 and comes with
+        client would, and so does a gateway that restarted since (a new public key: the
+        process that had the connection is gone, so a 1.3 request gets `request_connection`,
+        not `allow_access`). The gateway's side is picked here for 1.4 and comes with
         `connection_ready` for 1.3.
         """
         current = self.state.ice_session(gateway.id, client_id)
         if current is not None and (given is None or given == current.client) \
+                and current.gateway_key == gateway.public_key \
                 and (protocol == "1.3" or current.gateway is not None):
             return current, False
         self.state.forget_candidates(gateway.id, client_id)
         return IceSession(client=given or new_ice_credentials(),
-                          gateway=new_ice_credentials() if protocol == "1.4" else None), True
+                          gateway=new_ice_credentials() if protocol == "1.4" else None,
+                          gateway_key=gateway.public_key), True
 
     async def create_flow(self, request: web.Request) -> web.Response:
         body = await self._body(request)

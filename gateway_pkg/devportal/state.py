@@ -67,11 +67,14 @@ class GatewayRecord:
 class IceSession:
     """One client's ICE connection to one gateway: both sides' credentials.
 
-    `gateway` is None for a 1.3 connection until `connection_ready` brings it.
+    `gateway` is None for a 1.3 connection until `connection_ready` brings it. `gateway_key`
+    is the gateway's public key when the session began: a gateway that restarted (a new
+    key) has no connections, so its old sessions are not reused.
     """
 
     client: dict[str, str]
     gateway: dict[str, str] | None
+    gateway_key: str = ""
 
     def view(self) -> dict[str, Any]:
         return {"client": self.client, "gateway": self.gateway}

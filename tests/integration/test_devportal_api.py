@@ -67,6 +67,25 @@ def test_flow_lifecycle_reaches_the_gateway(portal, gateway):
     assert portal.api("DELETE", f"/v1/flows/{flow['flow_id']}")[0] == 404
 
 
+def test_13_flow_after_the_gateway_restarted_asks_for_a_new_connection(tmp_path, portal, gateway):
+    # The restarted process (same FIREZONE_ID, a new key) has no connection to the client:
+    # a further 1.3 flow gets request_connection again, not allow_access for an unknown client.
+    gw_id = portal.gateways()[0]["id"]
+    body = flow_body(gw_id, "1.3", {"type": "cidr", "address": "10.9.0.0/24"})
+    assert portal.api("POST", "/v1/flows", body)[1]["event"] == "request_connection"
+    assert portal.api("POST", "/v1/flows", body)[1]["event"] == "allow_access"
+    old_key = portal.gateways()[0]["public_key"]
+    gateway.stop()
+    restarted = start_gateway(tmp_path, portal)
+    try:
+        wait_for(lambda: [g for g in portal.gateways() if g["joined"] and g["public_key"] != old_key], 15,
+                 "the restarted gateway joined with a new key")
+        status, third = portal.api("POST", "/v1/flows", body)
+        assert status == 201 and third["event"] == "request_connection", third
+    finally:
+        restarted.stop()
+
+
 def test_13_flow_sends_request_connection_then_allow_access(portal, gateway):
     gw_id = portal.gateways()[0]["id"]
     body = flow_body(gw_id, "1.3", {"type": "dns", "address": "app.test", "proxy_ips": ["100.96.0.1"]})
