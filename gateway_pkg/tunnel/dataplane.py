@@ -65,7 +65,7 @@ from gateway_pkg.tunnel.control import (
 from gateway_pkg.tunnel.flows import END_ACCESS_REMOVED, END_CLIENT_REMOVED, Flow, FlowTable
 from gateway_pkg.tunnel.metrics import TRAFFIC as traffic
 from gateway_pkg.tunnel.offload import GSO_ECN, GSO_UDP_L4, VNET_HDR_LEN, OffloadError, coalesce, split_read
-from gateway_pkg.tunnel.packet import PROTO_TCP, PROTO_UDP, TCP_FIN, TCP_RST, destination
+from gateway_pkg.tunnel.packet import destination
 from gateway_pkg.tunnel.policy import Action
 from gateway_pkg.tunnel.tun import TunDevice, TunRecovery, read_failure
 from gateway_pkg.tunnel.udp import (
@@ -142,10 +142,6 @@ class TunnelDataPlane:
         self._gro: set[int] = set()  # families whose socket hands over GRO runs
         self._gso_refused: set[tuple[str, int]] = set()  # endpoints whose route refused a GSO send
         self._to_tun: list[bytes] = []
-        # A run of packets from one client in one flow, counted in the flow table at once when
-        # it ends (another flow, a FIN or RST, the end of the batch): [client, resource, last
-        # packet, packets, bytes]. Only TCP (no FIN/RST) and UDP over IPv4 without options.
-        self._flow_run: list[Any] | None = None
         self._to_udp: list[tuple[bytes, tuple[str, int]]] = []
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -436,8 +432,6 @@ class TunnelDataPlane:
 
     def _flush(self) -> None:
         """Hand the batch's writes to the worker threads (in order, per destination)."""
-        if self._flow_run is not None:
-            self._end_flow_run()
         if self._to_tun:
             assert self._tun_writer is not None
             self._tun_writer.submit(self._to_tun)
@@ -493,25 +487,6 @@ class TunnelDataPlane:
                 resource.packets_in += 1
                 resource.bytes_in += size
                 if self.flows is not None:  # the flow as the client sees it: before the NAT
-                    run = self._flow_run
-                    # The same flow as the run so far: IPv4 without options, not a fragment,
-                    # the same protocol, addresses and ports, and no FIN or RST (which end it).
-                    protocol = packet[9] if packet[0] == 0x45 and len(packet) > 33 else 0
-                    if ((protocol == PROTO_UDP or (protocol == PROTO_TCP and not packet[33] & (TCP_FIN | TCP_RST)))
-                            and not (packet[6] & 0x1F or packet[7])):
-                        if run is not None:
-                            last = run[2]
-                            if (run[0] is client and run[1] is resource and last[9] == protocol
-                                    and last[12:24] == packet[12:24]):
-                                run[2] = packet
-                                run[3] += 1
-                                run[4] += len(packet)
-                                return
-                            self._end_flow_run()
-                        self._flow_run = [client, resource, packet, 1, len(packet)]
-                        return
-                    if run is not None:
-                        self._end_flow_run()
                     started = self.flows.count(client.id, resource.id, packet, now, wall, True)
                     if started is not None:
                         self._flow_started(started)
@@ -603,16 +578,6 @@ class TunnelDataPlane:
         if self.traversal.routes:
             self._drain_traversal()  # Send indications for relayed peers without a channel yet
         self._flush()
-
-    def _end_flow_run(self) -> None:
-        """Count the run of one client's packets in one flow (from the client) at once."""
-        run, self._flow_run = self._flow_run, None
-        if run is None or self.flows is None:
-            return
-        client, resource, last, packets, size = run
-        started = self.flows.count(client.id, resource.id, last, self._clock(), self._wall(), True, packets, size)
-        if started is not None:
-            self._flow_started(started)
 
     def _count_flow(self, pending: tuple[Client, ResourceCounters, bytes], packets: int, size: int, now: float,
                     wall: float) -> None:
