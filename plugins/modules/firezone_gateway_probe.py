@@ -22,13 +22,13 @@ options:
     elements: str
     default: []
   user:
-    description: Service account name (passwd and group entries are reported).
+    description: Service account name (passwd and group entries are reported; none without it).
     type: str
-    required: true
+    default: ""
   install_root:
-    description: Directory holding one virtualenv per version.
+    description: Directory holding one virtualenv per version (with I(distribution) and I(launcher), they are reported).
     type: path
-    required: true
+    default: ""
   current_link:
     description: The link naming the active version.
     type: path
@@ -40,11 +40,11 @@ options:
   distribution:
     description: Distribution name whose installed version is read from each virtualenv.
     type: str
-    required: true
+    default: ""
   launcher:
     description: The capability launcher interpreter, relative to a virtualenv (compared with its python3).
     type: str
-    required: true
+    default: ""
   id_path:
     description: The FIREZONE_ID file.
     type: path
@@ -52,7 +52,7 @@ options:
   token_path:
     description: The token file (only its existence is reported, never its content).
     type: path
-    required: true
+    default: ""
   sysctls:
     description: Sysctl names whose live values are read from /proc/sys.
     type: list
@@ -242,14 +242,14 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             packages=dict(type="list", elements="str", default=[]),
-            user=dict(type="str", required=True),
-            install_root=dict(type="path", required=True),
+            user=dict(type="str", default=""),
+            install_root=dict(type="path", default=""),
             current_link=dict(type="path", required=True),
             previous_link=dict(type="path", required=True),
-            distribution=dict(type="str", required=True),
-            launcher=dict(type="str", required=True),
+            distribution=dict(type="str", default=""),
+            launcher=dict(type="str", default=""),
             id_path=dict(type="path", required=True),
-            token_path=dict(type="path", required=True),
+            token_path=dict(type="path", default=""),
             sysctls=dict(type="list", elements="str", default=[]),
             service=dict(type="str", required=True),
             tun_name=dict(type="str", required=True),
@@ -260,7 +260,7 @@ def main():
     )
     p = module.params
     try:
-        token_present = os.path.getsize(p["token_path"]) > 0
+        token_present = bool(p["token_path"]) and os.path.getsize(p["token_path"]) > 0
     except OSError:
         token_present = False
     forward = False
@@ -271,10 +271,11 @@ def main():
         changed=False,
         packages_missing=_packages_missing(p["packages"]),
         apt_lists=bool(glob.glob("/var/lib/apt/lists/*_Packages*")),
-        account=_account(p["user"]),
+        account=_account(p["user"]) if p["user"] else {},
         current=_link(p["current_link"]),
         previous=_link(p["previous_link"]),
-        versions=_versions(p["install_root"], p["distribution"], p["launcher"]),
+        versions=(_versions(p["install_root"], p["distribution"], p["launcher"])
+                  if p["install_root"] and p["distribution"] and p["launcher"] else []),
         id=_read_id(p["id_path"]),
         new_id=secrets.token_hex(32),
         token_present=token_present,
