@@ -94,7 +94,7 @@ def build(venv_bin: Path) -> tuple[str, str, str]:
         # the dev portal for the lab, aioice for the client's ICE agent (tests/iceclient.py)
         run(str(venv_bin / "python"), "-m", "pip", "wheel", "-q", "--wheel-dir", str(lab_wheels),
             ".[devportal]", "aioice", capture=True)
-    version = next(p.name.split("-")[1] for p in (WORK / "wheelhouse").glob("firezone_gateway_py-*.whl"))
+    version = next(p.name.split("-")[1] for p in (WORK / "wheelhouse").glob("python*/firezone_gateway_py-*.whl"))
     timed("wheels", started)
     return base, lab, version
 

@@ -4,7 +4,8 @@
 # and its podman plugin into .venv; builds the images if absent (cached by recipe hash), the
 # wheelhouse the role installs and the dev portal wheels of the lab; runs every scenario (or
 # those named: scripts/e2e.sh default fleet), prints a timing summary, and for a failing
-# scenario the gateway unit's journal of each of its gateway containers.
+# scenario the gateway unit's journal of each of its gateway containers. A scenario named
+# NAME@13 runs NAME with Debian 13 gateway hosts (E2E_DEBIAN=13; the default is Debian 12).
 # Environment: E2E_KEEP=1 keeps a failing scenario's containers for debugging.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,7 +16,7 @@ export ANSIBLE_FORCE_COLOR=${ANSIBLE_FORCE_COLOR:-0}
 prepare_only=0
 if [ "${1:-}" = --prepare ]; then prepare_only=1; shift; fi  # deps, images, wheels only (the demo)
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(default uninstall bake fleet)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(default default@13 uninstall bake fleet)
 declare -A took result
 t0=$SECONDS
 stamp() { echo "== e2e: $*"; }
@@ -42,15 +43,20 @@ took[deps]=$((SECONDS - t0))
 # --- images and wheels ----------------------------------------------------------------------
 t=$SECONDS
 stamp "images"
-base=$(tools/build_image.sh)
+base=$(tools/build_image.sh 12)
 lab=$(tools/build_lab_image.sh)
 echo "   $base (gateway hosts), $lab (lab and client)"
+if [ "$prepare_only" = 0 ]; then
+  for s in "${scenarios[@]}"; do
+    if [[ $s == *@* ]]; then echo "   $(tools/build_image.sh "${s#*@}") (gateway hosts of $s)"; fi
+  done
+fi
 took[images]=$((SECONDS - t))
 
 t=$SECONDS
 stamp "wheelhouse and the lab's dev portal wheels"
 mkdir -p .cache/e2e
-tools/build_wheelhouse.sh .cache/e2e/wheelhouse 2>&1 | grep -v "^WARNING: Location" | head -n 1
+tools/build_wheelhouse.sh .cache/e2e/wheelhouse 2>&1 | grep "^wheelhouse "
 export E2E_VERSION
 E2E_VERSION=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' gateway_pkg/__init__.py)
 rm -rf .cache/e2e/lab-wheels .cache/e2e/wheelhouse-*
@@ -69,25 +75,28 @@ journals() {  # the gateway unit's journal of every container of scenario $1
 failed=0
 for s in "${scenarios[@]}"; do
   t=$SECONDS
-  stamp "molecule test -s $s"
+  name=${s%@*}
+  export E2E_DEBIAN=12
+  if [[ $s == *@* ]]; then E2E_DEBIAN=${s#*@}; fi
+  stamp "molecule test -s $name (Debian $E2E_DEBIAN gateway hosts)"
   log=".cache/e2e/$s.log"
-  molecule destroy -s "$s" >/dev/null 2>&1 || true
-  if molecule test -s "$s" --destroy=never 2>&1 | tee "$log"; then
+  molecule destroy -s "$name" >/dev/null 2>&1 || true
+  if molecule test -s "$name" --destroy=never 2>&1 | tee "$log"; then
     result[$s]=passed
   else
     result[$s]=FAILED
     failed=1
     echo "==== scenario $s failed; full output in $log"
-    journals "$s"
+    journals "$name"
   fi
   # Molecule prunes its ephemeral directory on destroy: keep the Ansible logs of the scenario.
-  for f in "$HOME"/.ansible/tmp/molecule.*."$s"/*.log; do
+  for f in "$HOME"/.ansible/tmp/molecule.*."$name"/*.log; do
     [ -f "$f" ] && cp "$f" ".cache/e2e/$s.$(basename "$f")"
   done
   if [ "${result[$s]}" = passed ] || [ "${E2E_KEEP:-0}" != 1 ]; then
-    molecule destroy -s "$s" >/dev/null 2>&1 || true
+    molecule destroy -s "$name" >/dev/null 2>&1 || true
   else
-    echo "   E2E_KEEP=1: containers of $s kept (podman ps --filter label=e2e_scenario=$s; molecule destroy -s $s)"
+    echo "   E2E_KEEP=1: containers of $s kept (podman ps --filter label=e2e_scenario=$name; molecule destroy -s $name)"
   fi
   took[$s]=$((SECONDS - t))
 done

@@ -1,31 +1,39 @@
 #!/usr/bin/env bash
-# Build a minimal Debian 12 (bookworm) image that runs systemd as PID 1, for converging the
-# roles into throwaway podman containers. No registry is needed: debootstrap + podman import.
-# The image is tagged with a hash of its recipe and rebuilt only when the recipe changes.
+# Build a minimal Debian image that runs systemd as PID 1, for converging the roles into
+# throwaway podman containers: Debian 12 (bookworm, the default) or 13 (trixie). No registry is
+# needed: debootstrap + podman import. The image is tagged with a hash of its recipe and rebuilt
+# only when the recipe changes.
 #
-# Usage: tools/build_image.sh [NAME]        (default NAME: localhost/fz-debian12-systemd)
-# Prints the image reference (NAME:<recipe hash>) on stdout; also tags NAME:latest.
-# Needs root, debootstrap and podman (installed by scripts/e2e.sh). Uses tools/containers.conf.
+# Usage: tools/build_image.sh [RELEASE]     (12 or 13; default 12)
+# Prints the image reference (localhost/fz-debian<RELEASE>-systemd:<recipe hash>) on stdout;
+# also tags it :latest. Needs root, debootstrap and podman (installed by scripts/e2e.sh), and
+# a debootstrap that knows the suite (Debian 12's does). Uses tools/containers.conf.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-name=${1:-localhost/fz-debian12-systemd}
+release=${1:-12}
+case "$release" in
+  12) suite=bookworm ;;
+  13) suite=trixie ;;
+  *) echo "build_image: release $release is not one of 12, 13" >&2; exit 2 ;;
+esac
+name=localhost/fz-debian$release-systemd
 export CONTAINERS_CONF=${CONTAINERS_CONF:-"$root/tools/containers.conf"}
 
-suite=bookworm
 packages=systemd,systemd-sysv,dbus,python3,python3-apt,iproute2,sudo,iputils-ping,procps,libcap2-bin,ca-certificates
 
-# The Debian mirror this machine already uses (deb822 .sources or one-line sources.list).
+# The Debian mirror this machine already uses (deb822 .sources or one-line sources.list): the
+# one of its main archive (not -security), which serves every release.
 mirror() {
   local uri
-  uri=$(awk -v suite="$suite" '
+  uri=$(awk '
       /^URIs:/ { uris = $2 }
-      /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == suite) print uris }
+      /^Suites:/ { for (i = 2; i <= NF; i++) if ($i !~ /-security$/) { print uris; exit } }
       /^$/ { uris = "" }' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1)
   if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
-    uri=$(awk -v suite="$suite" '$1 == "deb" && $3 == suite { print $2; exit }' /etc/apt/sources.list)
+    uri=$(awk '$1 == "deb" && $3 !~ /-security$/ { print $2; exit }' /etc/apt/sources.list)
   fi
-  [ -n "$uri" ] || { echo "build_image: no apt source for $suite found on this machine" >&2; exit 1; }
+  [ -n "$uri" ] || { echo "build_image: no Debian apt source found on this machine" >&2; exit 1; }
   echo "$uri"
 }
 url=$(mirror)

@@ -6,7 +6,7 @@
 set -euo pipefail
 version=${1:?version} out=${2:?out dir}
 root=$(cd "$(dirname "$0")/../.." && pwd)
-[ -f "$out/SHA256SUMS" ] && grep -q "firezone_gateway_py-$version-" "$out/SHA256SUMS" && { echo "$out: exists"; exit 0; }
+grep -qs "firezone_gateway_py-$version-" "$out"/python*/SHA256SUMS && { echo "$out: exists"; exit 0; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cp -r "$root/pyproject.toml" "$root/setup.py" "$root/README.md" "$root/gateway_pkg" "$root/tools" "$work/"
