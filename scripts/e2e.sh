@@ -46,10 +46,8 @@ stamp "images"
 base=$(tools/build_image.sh 12)
 lab=$(tools/build_lab_image.sh)
 echo "   $base (gateway hosts), $lab (lab and client)"
-if [ "$prepare_only" = 0 ]; then
-  for s in "${scenarios[@]}"; do
-    if [[ $s == *@* ]]; then echo "   $(tools/build_image.sh "${s#*@}") (gateway hosts of $s)"; fi
-  done
+if [ "$prepare_only" = 0 ]; then  # the demo needs Debian 12 only
+  echo "   $(tools/build_image.sh 13) (Debian 13 gateway hosts: NAME@13 scenarios, fleet's gw3)"
 fi
 took[images]=$((SECONDS - t))
 
@@ -78,7 +76,7 @@ for s in "${scenarios[@]}"; do
   name=${s%@*}
   export E2E_DEBIAN=12
   if [[ $s == *@* ]]; then E2E_DEBIAN=${s#*@}; fi
-  stamp "molecule test -s $name (Debian $E2E_DEBIAN gateway hosts)"
+  if [[ $s == *@* ]]; then stamp "molecule test -s $name (E2E_DEBIAN=$E2E_DEBIAN)"; else stamp "molecule test -s $name"; fi
   log=".cache/e2e/$s.log"
   molecule destroy -s "$name" >/dev/null 2>&1 || true
   if molecule test -s "$name" --destroy=never 2>&1 | tee "$log"; then
