@@ -75,8 +75,12 @@ for s in "${scenarios[@]}"; do
   t=$SECONDS
   name=${s%@*}
   export E2E_DEBIAN=12
-  if [[ $s == *@* ]]; then E2E_DEBIAN=${s#*@}; fi
-  if [[ $s == *@* ]]; then stamp "molecule test -s $name (E2E_DEBIAN=$E2E_DEBIAN)"; else stamp "molecule test -s $name"; fi
+  if [[ $s == *@* ]]; then
+    E2E_DEBIAN=${s#*@}
+    stamp "molecule test -s $name (E2E_DEBIAN=$E2E_DEBIAN)"
+  else
+    stamp "molecule test -s $name"
+  fi
   log=".cache/e2e/$s.log"
   molecule destroy -s "$name" >/dev/null 2>&1 || true
   if molecule test -s "$name" --destroy=never 2>&1 | tee "$log"; then
